@@ -1,0 +1,137 @@
+"""manifest.json and failures.jsonl: the store-level record of what the shards hold."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow.parquet as pq
+
+from pipeline.atomic import remove_stale_temporaries, write_json
+from pipeline.errors import PipelineError
+from pipeline.features.schema import FORMAT_VERSION, StoreMetadata
+from pipeline.features.shard import SHARD_GLOB, ShardInfo, file_sha256, read_shard_metadata
+
+MANIFEST = "manifest.json"
+FAILURES = "failures.jsonl"
+
+
+def load_manifest(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise PipelineError("no such feature-store directory", directory)
+    if not path.is_file():
+        raise PipelineError("no manifest.json: not a feature store, or its extraction has not finished "
+                            "(re-run `lxmert-pipeline extract` to complete it)", directory)
+    try:
+        manifest = json.loads(path.read_text())
+        StoreMetadata.from_dict(manifest["metadata"])
+        for s in manifest["shards"]:
+            s["name"], s["num_rows"], s["sha256"], s["num_bytes"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise PipelineError(f"malformed manifest: {type(err).__name__}: {err}", path) from None
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise PipelineError(f"store format version {manifest['format_version']} is newer than this "
+                            f"lxmert-pipeline understands ({FORMAT_VERSION})", path)
+    return manifest
+
+
+def shard_paths(directory: str | os.PathLike) -> list[Path]:
+    return sorted(Path(directory).glob(SHARD_GLOB))
+
+
+def _check_metadata(path: Path, found: StoreMetadata, expected: StoreMetadata) -> None:
+    diff = found.differences(expected)
+    if diff:
+        raise PipelineError(f"shard metadata disagrees with the store on {', '.join(diff)} "
+                            f"(shard: {', '.join(f'{k}={getattr(found, k)!r}' for k in diff)}; "
+                            f"store: {', '.join(f'{k}={getattr(expected, k)!r}' for k in diff)})", path)
+
+
+def finalize_store(directory: str | os.PathLike, metadata: StoreMetadata,
+                   shards: Iterable[ShardInfo] = ()) -> dict:
+    """Validate every shard in `directory` and publish manifest.json (atomically).
+
+    `shards` may carry checksums the writers already computed; others are hashed here.
+    A duplicate image_id across shards is an error naming both shards.
+    """
+    directory = Path(directory)
+    remove_stale_temporaries(directory)
+    known = {s.name: s for s in shards}
+    infos: list[ShardInfo] = []
+    seen: dict[str, str] = {}
+    for path in shard_paths(directory):
+        meta, rows = read_shard_metadata(path)
+        _check_metadata(path, meta, metadata)
+        ids = pq.read_table(path, columns=["image_id"], memory_map=True).column(0).to_pylist()
+        for image_id in ids:
+            if image_id in seen:
+                raise PipelineError(f"image_id {image_id!r} appears in both {seen[image_id]} and {path.name}", directory)
+            seen[image_id] = path.name
+        size = path.stat().st_size
+        info = known.get(path.name)
+        if info is None or info.num_bytes != size or info.num_rows != rows:
+            info = ShardInfo(path.name, rows, file_sha256(path), size)
+        infos.append(info)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "metadata": metadata.to_dict(),
+        "num_images": sum(i.num_rows for i in infos),
+        "shards": [i.to_dict() for i in infos],
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
+def append_failures(directory: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Append `{"image": ..., "reason": ...}` lines to failures.jsonl (one write call)."""
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    if not lines:
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    with open(Path(directory) / FAILURES, "a", encoding="utf-8") as fh:
+        fh.write(lines)
+
+
+def read_failures(directory: str | os.PathLike) -> list[dict]:
+    path = Path(directory) / FAILURES
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def verify_store(directory: str | os.PathLike) -> list[tuple[str, str]]:
+    """Check every shard against the manifest; returns [(shard name, problem)], empty if all good."""
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    expected = StoreMetadata.from_dict(manifest["metadata"])
+    problems: list[tuple[str, str]] = []
+    listed = {s["name"] for s in manifest["shards"]}
+    for s in manifest["shards"]:
+        path = directory / s["name"]
+        if not path.is_file():
+            problems.append((s["name"], "missing"))
+            continue
+        size = path.stat().st_size
+        if size != s["num_bytes"]:
+            problems.append((s["name"], f"size {size} bytes, manifest says {s['num_bytes']} (truncated?)"))
+            continue
+        if file_sha256(path) != s["sha256"]:
+            problems.append((s["name"], "sha256 checksum differs from the manifest (corrupted)"))
+            continue
+        try:
+            meta, rows = read_shard_metadata(path)
+            _check_metadata(path, meta, expected)
+        except PipelineError as err:
+            problems.append((s["name"], str(err).split(": ", 1)[-1]))
+            continue
+        if rows != s["num_rows"]:
+            problems.append((s["name"], f"{rows} rows, manifest says {s['num_rows']}"))
+    for path in shard_paths(directory):
+        if path.name not in listed:
+            problems.append((path.name, "shard not listed in manifest.json"))
+    return problems
