@@ -179,3 +179,21 @@ def test_reader_private_memory_does_not_grow_with_store_size(tmp_path):
     print("private memory growth MB", growth, "store MB", store_mb)
     assert growth[sizes[1]] < growth[sizes[0]] + 8, growth
     assert growth[sizes[1]] < store_mb / 2, (growth, store_mb)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_zero_copy_path_matches_pyarrow_decoding(tmp_path, compression):
+    meta = make_metadata(dim=48)
+    images = [make_image(i, num_boxes=i % 31, dim=48) for i in range(90)]  # some with no boxes
+    # several row groups and, with small pages, several data pages per column chunk
+    write_shard(tmp_path / shard_name(0), images[:70], meta, compression=compression, row_group_size=32)
+    write_shard(tmp_path / shard_name(1), images[70:], meta, compression=compression, row_group_size=7)
+    finalize_store(tmp_path, meta)
+    fast, plain = FeatureStore(tmp_path), FeatureStore(tmp_path, zero_copy=False)
+    ids = [im.image_id for im in images][::-1]
+    for a, b in zip(fast.get_many(ids), plain.get_many(ids)):
+        assert a.image_id == b.image_id
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+    uses_mmap = fast._mapped(0) is not None
+    assert uses_mmap == (compression is None)

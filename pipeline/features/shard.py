@@ -58,7 +58,7 @@ def _binary_array(blobs: list[np.ndarray]) -> pa.Array:
         raise ValueError("a shard's features exceed 2 GiB; use a smaller --shard-size")
     offsets = np.zeros(len(blobs) + 1, dtype=np.int32)
     np.cumsum(sizes, out=offsets[1:])
-    data = b"".join(memoryview(np.ascontiguousarray(b)).cast("B") for b in blobs)
+    data = b"".join(np.ascontiguousarray(b).tobytes() for b in blobs)
     return pa.Array.from_buffers(pa.binary(), len(blobs), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
@@ -139,21 +139,25 @@ def read_shard_metadata(path: str | os.PathLike) -> tuple[StoreMetadata, int]:
     return meta, footer.num_rows
 
 
-def rows_from_batch(batch: pa.RecordBatch | pa.Table, meta: StoreMetadata) -> list[ImageFeatures]:
-    """Decode rows to ImageFeatures; feature arrays are zero-copy views of the Arrow buffers."""
+def rows_from_batch(batch: pa.RecordBatch | pa.Table, meta: StoreMetadata,
+                    features: Sequence[np.ndarray] | None = None) -> list[ImageFeatures]:
+    """Decode rows to ImageFeatures; feature arrays are zero-copy views of the Arrow buffers,
+    or the given `features` (views into the memory-mapped file) when the batch lacks them."""
     if isinstance(batch, pa.Table):
         batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
         if batch is None:
             return []
     col = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
     n = batch.num_rows
-    feat = col["features"]
     dim = meta.feature_dim
     fdtype = np.dtype(meta.feature_dtype).newbyteorder("<")
-    # binary layout: buffers() = [validity, offsets(int32), data]
-    f_offsets = np.frombuffer(feat.buffers()[1], dtype=np.int32)[feat.offset: feat.offset + n + 1]
-    f_data = feat.buffers()[2]
-    f_all = np.frombuffer(f_data, dtype=np.uint8) if f_data is not None else np.zeros(0, np.uint8)
+    if features is None:
+        feat = col["features"]
+        # binary layout: buffers() = [validity, offsets(int32), data]
+        f_offsets = np.frombuffer(feat.buffers()[1], dtype=np.int32)[feat.offset: feat.offset + n + 1]
+        f_data = feat.buffers()[2]
+        f_all = np.frombuffer(f_data, dtype=np.uint8) if f_data is not None else np.zeros(0, np.uint8)
+        features = [f_all[f_offsets[r]: f_offsets[r + 1]] for r in range(n)]
 
     def flat(name: str, dtype) -> tuple[np.ndarray, np.ndarray]:
         arr = col[name]
@@ -173,7 +177,7 @@ def rows_from_batch(batch: pa.RecordBatch | pa.Table, meta: StoreMetadata) -> li
     out = []
     for r in range(n):
         k = int(nboxes[r])
-        fbytes = f_all[f_offsets[r]: f_offsets[r + 1]]
+        fbytes = features[r]
         if fbytes.nbytes != k * dim * fdtype.itemsize:
             raise PipelineError(f"image {ids[r]!r}: feature blob has {fbytes.nbytes} bytes, expected "
                                 f"{k}x{dim} {meta.feature_dtype}")
