@@ -1,0 +1,71 @@
+"""`lxmert-pipeline evaluate`: the official VQA v2 / GQA / NLVR2 metrics for one split."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "score a run or a predictions file on a split with the official VQA/GQA/NLVR2 metrics"
+
+_EPILOG = """\
+predictions files use the official submission formats:
+  vqa    json [{"question_id": int, "answer": str}]
+  gqa    json [{"questionId": str, "prediction": str}]
+  nlvr2  csv lines identifier,True|False
+
+The split's files are looked up under --data as the datasets ship them:
+  vqa/v2_mscoco_{split}_annotations.json
+  gqa/{split}_all_questions.json (else {split}_balanced_questions.json), gqa/{split}_choices.json
+  nlvr2/{split}.json
+
+Questions without a prediction are counted and scored as wrong answers (the official
+scripts refuse such files); --strict refuses too. Metrics whose input is absent (no
+choices file, no predictions for entailed GQA questions) are reported as n/a, never 0.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG
+    parser.add_argument("--task", required=True, choices=("vqa", "gqa", "nlvr2"))
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN", help="a fine-tuning run directory: predict the split with it")
+    source.add_argument("--predictions", metavar="FILE", help="a predictions file in the official submission format")
+    parser.add_argument("--data", required=True, metavar="DIR", help="data root (vqa/, gqa/, nlvr2/)")
+    parser.add_argument("--split", required=True, help="e.g. val2014 (vqa), testdev (gqa), dev (nlvr2)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="where results.json and the submission file go (default: the run directory; "
+                             "required with --predictions)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse predictions that miss questions, as the official scripts do")
+    parser.add_argument("--vqa-eval", choices=("2021", "2017"), default="2021",
+                        help="VQA evaluator behaviour: the current official vqaEval.py (2021, default) or the "
+                             "2016-2021 one (2017)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.errors import UsageError
+    from pipeline.evaluation.evaluate import evaluate_predictions, read_predictions, write_evaluation
+    from pipeline.evaluation.evaluate import results_record
+    from pipeline.evaluation.results_table import format_table
+    from pipeline.evaluation.split_files import locate
+
+    locate(args.data, args.task, args.split)  # a wrong split fails before reading or predicting anything
+    if args.predictions:
+        if not args.out:
+            raise UsageError("--out DIR is required with --predictions")
+        predictions = read_predictions(args.task, args.predictions)
+        evaluation = evaluate_predictions(args.task, predictions.answers, args.data, args.split,
+                                          strict=args.strict, vqa_version=args.vqa_eval,
+                                          duplicates=predictions.duplicates, source=args.predictions)
+    else:
+        from pipeline.evaluation.run_predictions import predict_run
+        answers = predict_run(args.run, args.data, args.split, args.task)
+        evaluation = evaluate_predictions(args.task, answers, args.data, args.split, strict=args.strict,
+                                          vqa_version=args.vqa_eval, source=args.run)
+    out = Path(args.out or args.run)
+    results_path, submission_path = write_evaluation(evaluation, out)
+    print(format_table(results_record(evaluation, submission_path)))
+    print(f"results: {results_path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,46 @@
+"""Predictions from a fine-tuning run: the plug-in point between `finetune` and `evaluate`.
+
+The fine-tuning code provides `pipeline.finetune.predict.predict(run, data, split)`,
+returning `(task, answers)`: the task the run was fine-tuned for and a dict id -> answer
+(VQA question_id int -> answer, GQA questionId str -> answer, NLVR2 identifier ->
+"True"/"False"). Until that module exists, evaluating a run fails with one line that
+names what is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Callable, Hashable
+
+from pipeline.errors import PipelineError
+
+PREDICTOR_MODULE = "pipeline.finetune.predict"
+PREDICTOR_NAME = "predict"
+
+
+def load_predictor() -> Callable:
+    try:
+        module = importlib.import_module(PREDICTOR_MODULE)
+    except ModuleNotFoundError as err:
+        if err.name and PREDICTOR_MODULE.startswith(err.name):
+            raise PipelineError(f"evaluating a run needs {PREDICTOR_MODULE}.{PREDICTOR_NAME}(run, data, split), "
+                                "which this build does not have yet; score a predictions file in the official "
+                                "format with --predictions FILE instead") from None
+        raise
+    predictor = getattr(module, PREDICTOR_NAME, None)
+    if not callable(predictor):
+        raise PipelineError(f"{PREDICTOR_MODULE} has no function {PREDICTOR_NAME}(run, data, split)")
+    return predictor
+
+
+def predict_run(run: str | os.PathLike, data: str | os.PathLike, split: str, task: str) -> dict[Hashable, str]:
+    run = Path(run)
+    if not run.is_dir():
+        raise PipelineError("no such run directory", run)
+    predictor = load_predictor()
+    run_task, answers = predictor(run, Path(data), split)
+    if run_task != task:
+        raise PipelineError(f"this run was fine-tuned for {run_task}, not {task}", run)
+    return dict(answers)
