@@ -1,0 +1,1 @@
+"""LXMERT pretraining data and task (in progress: the masking rules are here so far)."""

@@ -1,0 +1,69 @@
+"""`TrainConfig`: every knob of the training loop, written to RUN/config.yaml."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    # length: exactly one of steps / epochs (optimiser steps; an epoch is len(data) // batch_size steps)
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 256            # global: summed over ranks and accumulation micro-batches
+    grad_accum: int = 1
+    optimizer: str = "bert"          # "bert" (reference BertAdam) | "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    warmup: float = 0.05             # fraction of the run spent warming up
+    clip_norm: float | None = 1.0    # global gradient-norm clip; None = off
+    precision: str = "fp32"          # autocast dtype for forward passes
+    seed: int = 9595
+    log_every: int = 10              # steps between metrics.jsonl lines
+    val_every: int | None = None     # steps between validations; None = at each epoch end
+    val_batch_size: int | None = None
+    checkpoint_every: int | None = None   # steps; None = at each epoch end
+    keep_checkpoints: int = 2
+    num_workers: int = 0             # DataLoader workers per rank
+    device: str = "cpu"
+    progress: bool | None = None     # progress bar on rank 0; None = only on a terminal
+    extra: dict[str, Any] = field(default_factory=dict)   # task options, recorded for reproduction
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps or epochs")
+        if self.steps is not None and self.steps <= 0 or self.epochs is not None and self.epochs <= 0:
+            raise ValueError("steps / epochs must be positive")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.batch_size <= 0 or self.grad_accum <= 0:
+            raise ValueError("batch_size and grad_accum must be positive")
+
+    def micro_batch_size(self, world_size: int) -> int:
+        per = self.grad_accum * world_size
+        if self.batch_size % per:
+            raise ValueError(f"batch size {self.batch_size} is not divisible by grad_accum x ranks = {per}")
+        return self.batch_size // per
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,142 @@
+"""The run directory: config.yaml, metrics.jsonl, checkpoints/, final/.
+
+    RUN/config.yaml                  everything needed to reproduce the run
+    RUN/metrics.jsonl                one JSON line per logging step / validation
+    RUN/checkpoints/step-0000100/    model.safetensors + config.json + resume.pt
+    RUN/final/                       the last checkpoint of a finished run
+
+Checkpoint directories are written under a temporary name and renamed into place, so a
+directory named `step-*` is complete. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from pipeline.atomic import TMP_MARK, atomic_open
+from pipeline.errors import PipelineError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+RESUME = "resume.pt"
+
+
+def _step_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # -- setup ------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-probe{TMP_MARK}{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise PipelineError(f"output directory is not writable ({err.strerror or err})", self.path) from None
+
+    def has_run(self) -> bool:
+        return (self.path / CONFIG).exists()
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            with open(self.path / CONFIG, encoding="utf-8") as fh:
+                return yaml.safe_load(fh)
+        except (OSError, yaml.YAMLError) as err:
+            raise PipelineError(f"cannot read the run's configuration: {err}", self.path / CONFIG) from None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        with atomic_open(self.path / CONFIG, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(config, fh, sort_keys=False)
+
+    # -- metrics ----------------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.path / METRICS, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.path / METRICS
+        if not path.exists():
+            return []
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop lines logged after `step`: a resumed run's log reads like an uninterrupted one."""
+        path = self.path / METRICS
+        if not path.exists():
+            return
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.readlines()
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:   # a line cut by the kill
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        with atomic_open(path, "w", encoding="utf-8") as fh:
+            fh.writelines(kept)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        root = self.path / CHECKPOINTS
+        if not root.is_dir():
+            return []
+        done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and TMP_MARK not in p.name]
+        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int) -> Path:
+        root = self.path / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / _step_name(step)
+        tmp = root / f"{final.name}{TMP_MARK}{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            write(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        for old in self.checkpoints()[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def publish_final(self, checkpoint: Path) -> Path:
+        final = self.path / FINAL
+        tmp = self.path / f"{FINAL}{TMP_MARK}{uuid.uuid4().hex}"
+        shutil.copytree(checkpoint, tmp)
+        if final.exists():
+            old = self.path / f"{FINAL}{TMP_MARK}old-{uuid.uuid4().hex}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
+
+    def remove_stale(self) -> None:
+        """Temporaries left by a killed writer."""
+        for root in (self.path, self.path / CHECKPOINTS):
+            if root.is_dir():
+                for p in root.iterdir():
+                    if TMP_MARK in p.name:
+                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
