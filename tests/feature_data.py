@@ -32,3 +32,18 @@ def make_image(i: int, num_boxes: int = 36, dim: int = 64, seed: int = 0, num_ob
         attrs_id=rng.integers(0, num_attributes, num_boxes).astype(np.int32),
         attrs_conf=rng.random(num_boxes).astype(np.float32),
     )
+
+
+def make_store(directory, images, meta=None, per_shard: int = 16):
+    """Write `images` as a finalized store (shards of `per_shard`) and open it."""
+    from pathlib import Path
+
+    from pipeline.features import FeatureStore, finalize_store, shard_name, write_shard
+
+    directory = Path(directory)
+    meta = meta or make_metadata(dim=images[0].features.shape[1])
+    directory.mkdir(parents=True, exist_ok=True)
+    for k in range(0, len(images), per_shard):
+        write_shard(directory / shard_name(k // per_shard), images[k:k + per_shard], meta)
+    finalize_store(directory, meta)
+    return FeatureStore(directory)
