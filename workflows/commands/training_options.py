@@ -1,0 +1,97 @@
+"""Options every training command shares (pretrain, finetune, train-detector).
+
+The training settings of a run come from three layers, later ones winning:
+the task's recipe (e.g. the reference's fine-tuning batch 32, lr 5e-5), a `--config` YAML
+file (section `train:` for `TrainConfig` fields, `task:` for the task's own options), then
+the flags given on the command line. What results is written to RUN/config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pipeline.errors import PipelineError, UsageError
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="RUN", help="run directory (config, metrics, checkpoints)")
+    parser.add_argument("--config", metavar="YAML", help="options file: `train:` (loop settings) and `task:` sections")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimiser steps")
+    length.add_argument("--epochs", type=float, help="passes over the training examples")
+    parser.add_argument("--batch-size", type=int, help="global batch size (over all workers)")
+    parser.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--optimizer", choices=("bert", "adamw"), help="bert = the reference's BertAdam")
+    parser.add_argument("--warmup", type=float, help="fraction of the run spent warming up")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast dtype")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers per rank")
+    parser.add_argument("--log-every", type=int, help="steps between metrics lines")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: each epoch)")
+    parser.add_argument("--val-every", type=int, help="steps between validations (default: each epoch)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="local Dask workers; more than one trains with DDP")
+    where.add_argument("--scheduler", metavar="ADDR", help="use an existing Dask cluster, e.g. tcp://host:8786")
+
+
+_FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "optimizer", "warmup", "precision", "seed",
+          "device", "num_workers", "log_every", "checkpoint_every", "val_every")
+
+
+def read_options_file(path: str | None) -> dict[str, Any]:
+    """The `--config` file as {"train": {...}, "task": {...}} (both optional)."""
+    if not path:
+        return {"train": {}, "task": {}}
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as err:
+        raise PipelineError(f"cannot read the options file ({err.strerror or err})", path) from None
+    except yaml.YAMLError as err:
+        raise PipelineError(f"not valid YAML ({str(err).splitlines()[0]})", path) from None
+    if not isinstance(data, dict) or set(data) - {"train", "task"}:
+        raise PipelineError("an options file is a mapping with `train:` and/or `task:` sections", path)
+    for key in ("train", "task"):
+        if not isinstance(data.setdefault(key, {}) or {}, dict):
+            raise PipelineError(f"section `{key}:` must be a mapping", path)
+        data[key] = data[key] or {}
+    return data
+
+
+def train_config(args: argparse.Namespace, recipe: dict[str, Any], file_options: dict[str, Any]):
+    """`TrainConfig` from the recipe, then the options file's `train:`, then the flags."""
+    from pipeline.training import TrainConfig
+
+    flags = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
+    values: dict[str, Any] = {}
+    for layer in (recipe, file_options.get("train", {}), flags):
+        if "steps" in layer or "epochs" in layer:   # a layer's length replaces the earlier one
+            values.pop("steps", None)
+            values.pop("epochs", None)
+        values.update(layer)
+    if getattr(args, "no_progress", False):
+        values["progress"] = False
+    if "steps" not in values and "epochs" not in values:
+        raise UsageError("give the run's length: --steps N or --epochs N")
+    try:
+        return TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"training options: {err}") from None
+
+
+def quiet_dask(args: argparse.Namespace) -> None:
+    """Dask logs every worker start and stop at INFO; users want the training's lines."""
+    import logging
+
+    import distributed  # noqa: F401 - configures its loggers on import; quiet them after
+
+    if not getattr(args, "debug", False):
+        for name in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.WARNING)
