@@ -1,0 +1,62 @@
+"""Pictures: drawn regions, training curves, cross-attention maps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from feature_data import make_image
+from PIL import Image
+
+from model import LxmertConfig, LxmertForQuestionAnswering
+from model.tokenizer import train_wordpiece
+from pipeline.pictures import cross_attention_map, draw_attention, draw_regions, plot_training_curves
+
+
+def _is_png(path) -> bool:
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.width > 100 and im.height > 100
+
+
+def test_regions_drawn_on_their_image(tmp_path):
+    regions = make_image(0, num_boxes=12, dim=8, num_objects=3, num_attributes=2)
+    image = np.full((regions.height, regions.width, 3), 200, np.uint8)
+    out = draw_regions(image, regions, ["circle", "square", "star"], ["red", "blue"], tmp_path / "p" / "d.png")
+    assert _is_png(out) and [p.name for p in (tmp_path / "p").iterdir()] == ["d.png"]
+
+
+def test_training_curves_one_panel_per_loss(tmp_path):
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [{"step": s, "epoch": s / 10, "lr": 1e-4, "loss": scale / s, "mlm": 0.5 / s} for s in range(1, 20)]
+        lines.append({"step": 19, "epoch": 1.9, "split": "val", "loss": scale / 10})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert _is_png(plot_training_curves({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "curves.png"))
+    with pytest.raises(ValueError, match="no metrics"):
+        plot_training_curves({"empty": tmp_path / "nowhere"}, tmp_path / "x.png")
+
+
+def test_cross_attention_rows_are_distributions_over_the_real_regions(tmp_path):
+    tokenizer = train_wordpiece(["what color is the circle", "is there a red star"] * 10)
+    config = LxmertConfig.preset("tiny", vocab_size=tokenizer.vocab_size, visual_feat_dim=8)
+    torch.manual_seed(0)
+    model = LxmertForQuestionAnswering(config).eval()
+    feats = torch.rand(1, 6, 8)
+    boxes = torch.rand(1, 6, 4).sort(-1).values
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.float32)   # two padded regions
+    amap = cross_attention_map(model, tokenizer, "what color is the circle",
+                               {"visual_feats": feats, "visual_pos": boxes, "visual_attention_mask": mask})
+    assert amap.tokens[0] == "[CLS]" and amap.tokens[-1] == "[SEP]" and "circle" in amap.tokens
+    assert amap.weights.shape == (len(amap.tokens), 4) and amap.layer == config.x_layers - 1
+    np.testing.assert_allclose(amap.weights.sum(1), 1.0, atol=1e-5)   # padding got no attention
+    # the same numbers as the model's own attention output
+    text = tokenizer.encode_batch(["what color is the circle"]).to_torch()
+    out = model(text["input_ids"], feats, boxes, text["attention_mask"], mask, output_attentions=True)
+    expected = out.encoder_output.cross_encoder_attentions[-1][0].mean(0)[:len(amap.tokens), :4]
+    np.testing.assert_allclose(amap.weights, expected.detach().numpy(), atol=1e-6)
+    image = np.zeros((120, 160, 3), np.uint8)
+    pixel_boxes = boxes[0, :4].numpy() * [160, 120, 160, 120]
+    assert _is_png(draw_attention(image, pixel_boxes, amap, tmp_path / "att.png", top=3, title="q"))
