@@ -142,3 +142,25 @@ def test_config_round_trips_through_yaml(tmp_path):
     run.write_config({"train": config.to_dict()})
     assert TrainConfig.from_dict(run.read_config()["train"]) == config
     assert json.loads(json.dumps(config.to_dict()))["betas"] == [0.9, 0.999]
+
+
+def test_best_validation_is_kept_beside_the_last_and_survives_a_resume(tmp_path):
+    task = ClusterTask()
+    config = _config(epochs=4, best_metric="accuracy", checkpoint_every=None)
+    run = RunDir(tmp_path / "run")
+    run.check_writable()
+    train(task, config, run, stop_after=12)       # killed after epoch 2 of 4
+    first = run.best_record()
+    assert first["metric"] == "accuracy" and first["step"] in (6, 12)
+    train(task, config, run, resume=True)
+    vals = [m for m in run.metrics() if m.get("split") == "val"]
+    best = max(vals, key=lambda m: (m["accuracy"], -m["step"]))   # the first of equal bests stays
+    record = run.best_record()
+    assert (record["value"], record["step"]) == (best["accuracy"], best["step"])
+    saved = load_file(str(run.path / "best" / "model.safetensors"))
+    assert saved.keys() == load_file(str(run.path / "final" / "model.safetensors")).keys()
+    # lower-is-better metrics, e.g. a validation loss
+    lower = RunDir(tmp_path / "lower")
+    lower.check_writable()
+    train(task, _config(epochs=2, best_metric="-accuracy"), lower)
+    assert lower.best_record()["value"] == min(m["accuracy"] for m in lower.metrics() if m.get("split") == "val")

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.training import DistEnv, RunDir, TrainConfig, TrainTask
+from pipeline.training.prepare import prepare_run  # noqa: F401 - also imported from here
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +45,6 @@ def train_rank(task: TrainTask, config: TrainConfig, run_path: str, rank: int, w
         destroy_process_group()
     return {"step": result.step, "total_steps": result.total_steps,
             "final_dir": str(result.final_dir) if result.final_dir else None, "last_metrics": result.last_metrics}
-
-
-def prepare_run(run: RunDir, task: TrainTask, config: TrainConfig, *, resume: bool,
-                extra: dict[str, Any] | None = None) -> None:
-    """Check the output directory and write config.yaml (everything needed to reproduce the run)."""
-    import platform
-
-    import torch
-
-    import pipeline
-
-    run.check_writable()
-    if run.has_run() and not resume:
-        raise PipelineError("already holds a training run (config.yaml); pass --resume to continue it "
-                            "or choose another --out", run.path)
-    run.remove_stale()
-    record = {"task": task.name, "task_options": task.describe(), "train": config.to_dict(),
-              **(extra or {}),
-              "versions": {"lxmert_pipeline": pipeline.__version__, "torch": str(torch.__version__),
-                           "python": platform.python_version()}}
-    if not (resume and run.has_run()):
-        run.write_config(record)
 
 
 def _ranks(client) -> list[tuple[str, str, int]]:

@@ -4,9 +4,10 @@ from pipeline.training.config import TrainConfig
 from pipeline.training.distributed import DistEnv
 from pipeline.training.loop import TrainResult, train
 from pipeline.training.optim import BertAdam, build_optimizer
+from pipeline.training.prepare import prepare_run
 from pipeline.training.run_dir import RunDir
 from pipeline.training.schedule import warmup_linear, warmup_linear_schedule
 from pipeline.training.task import BatchSource, TrainTask
 
 __all__ = ["BatchSource", "BertAdam", "DistEnv", "RunDir", "TrainConfig", "TrainResult", "TrainTask",
-           "build_optimizer", "train", "warmup_linear", "warmup_linear_schedule"]
+           "build_optimizer", "prepare_run", "train", "warmup_linear", "warmup_linear_schedule"]

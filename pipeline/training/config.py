@@ -29,6 +29,9 @@ class TrainConfig:
     val_every: int | None = None     # steps between validations; None = at each epoch end
     val_batch_size: int | None = None
     checkpoint_every: int | None = None   # steps; None = at each epoch end
+    # validation metric whose best value so far is kept in RUN/best/ (the reference's BEST.pth);
+    # a leading "-" means lower is better ("-loss"); None = no best checkpoint
+    best_metric: str | None = None
     keep_checkpoints: int = 2
     num_workers: int = 0             # DataLoader workers per rank
     device: str = "cpu"

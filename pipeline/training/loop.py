@@ -3,7 +3,8 @@
 Read top to bottom: set up (seed, model, data, optimiser, schedule, resume), then for every
 optimiser step: `grad_accum` micro-batches of forward/backward under autocast, clip, step,
 schedule; every `log_every` steps a metrics line; validation and checkpoints when due;
-finally RUN/final/. Task differences live in the `TrainTask` (task.py); distribution is
+finally RUN/final/ (and RUN/best/, the best validation so far, when the config names a
+`best_metric`). Task differences live in the `TrainTask` (task.py); distribution is
 `DistEnv` plus a DDP wrapper; mixed precision is one autocast context and a GradScaler.
 """
 
@@ -139,8 +140,22 @@ def train(task: TrainTask, config: TrainConfig, run: RunDir, env: DistEnv = Dist
                 metrics = task.validate(model, (_to_device(b, device) for b in loader), epoch)
             model.train()
             run.log({"step": step, "epoch": epoch, "split": "val", **metrics})
+            keep_if_best(metrics, epoch)
         barrier(env)
         return metrics
+
+    def keep_if_best(metrics: dict[str, float], epoch: int) -> None:
+        # the best value so far lives on disk (best.json), so a resumed run compares against it
+        if not config.best_metric:
+            return
+        name = config.best_metric.lstrip("-")
+        sign = -1.0 if config.best_metric.startswith("-") else 1.0
+        if name not in metrics or not math.isfinite(metrics[name]):
+            return
+        previous = run.best_record()
+        if previous is None or sign * metrics[name] > sign * previous["value"]:
+            run.save_best(lambda directory: task.save_model(model, directory),
+                          {"metric": config.best_metric, "value": metrics[name], "step": step, "epoch": epoch})
 
     show_bar = env.is_main and config.progress is not False
     bar = None

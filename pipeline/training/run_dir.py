@@ -4,6 +4,8 @@
     RUN/metrics.jsonl                one JSON line per logging step / validation
     RUN/checkpoints/step-0000100/    model.safetensors + config.json + resume.pt
     RUN/final/                       the last checkpoint of a finished run
+    RUN/best/                        the model of the best validation so far (with best.json),
+                                     when the run names a `best_metric`
 
 Checkpoint directories are written under a temporary name and renamed into place, so a
 directory named `step-*` is complete. Only rank 0 writes.
@@ -27,6 +29,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
+BEST = "best"
+BEST_RECORD = "best.json"
 RESUME = "resume.pt"
 
 
@@ -132,6 +136,33 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, final)
         return final
+
+    # -- best validation ------------------------------------------------------------------
+    def best_record(self) -> dict[str, Any] | None:
+        """The best.json of RUN/best/ (metric, value, step, epoch), or None before any."""
+        path = self.path / BEST / BEST_RECORD
+        if not path.is_file():
+            return None
+        with open(path, encoding="utf-8") as fh:
+            return json.loads(fh.read())
+
+    def save_best(self, write: Callable[[Path], None], record: dict[str, Any]) -> Path:
+        """Replace RUN/best/ by what `write(directory)` writes, plus best.json = `record`."""
+        best = self.path / BEST
+        tmp = self.path / f"{BEST}{TMP_MARK}{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            write(tmp)
+            (tmp / BEST_RECORD).write_text(json.dumps(record) + "\n", encoding="utf-8")
+            if best.exists():
+                old = self.path / f"{BEST}{TMP_MARK}old-{uuid.uuid4().hex}"
+                os.replace(best, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, best)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return best
 
     def remove_stale(self) -> None:
         """Temporaries left by a killed writer."""
