@@ -158,11 +158,11 @@ def test_usage_errors(tmp_path, data, capsys):
     assert exit_.value.code == 2
 
 
-def test_run_without_a_predictor_names_what_is_missing(tmp_path, data, capsys):
+def test_a_folder_that_is_not_a_finetuning_run_is_one_line(tmp_path, data, capsys):
     run = tmp_path / "run"
     run.mkdir()
     assert evaluate("--task", "vqa", "--run", run, "--data", data, "--split", "val2014") == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pipeline.finetune.predict.predict(run, data, split)" in err[0]
+    assert len(err) == 1 and "not a training run (no config.yaml)" in err[0] and str(run) in err[0]
     assert evaluate("--task", "vqa", "--run", tmp_path / "nope", "--data", data, "--split", "val2014") == 1
     assert "no such run directory" in capsys.readouterr().err

@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR",
                         help="where results.json and the submission file go (default: the run directory; "
                              "required with --predictions)")
+    parser.add_argument("--features", metavar="DIR",
+                        help="with --run: the feature store to read (default: the one the run was trained on)")
+    parser.add_argument("--checkpoint", choices=("best", "final"),
+                        help="with --run: the model to use (default: best/ when the run has one, else final/)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse predictions that miss questions, as the official scripts do")
     parser.add_argument("--vqa-eval", choices=("2021", "2017"), default="2021",
@@ -53,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     locate(args.data, args.task, args.split)  # a wrong split fails before reading or predicting anything
     if args.predictions:
+        if args.features or args.checkpoint:
+            raise UsageError("--features and --checkpoint choose how a --run predicts; not with --predictions")
         if not args.out:
             raise UsageError("--out DIR is required with --predictions")
         predictions = read_predictions(args.task, args.predictions)
@@ -61,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                                           duplicates=predictions.duplicates, source=args.predictions)
     else:
         from pipeline.evaluation.run_predictions import predict_run
-        answers = predict_run(args.run, args.data, args.split, args.task)
+        options = {k: v for k, v in (("features", args.features), ("checkpoint", args.checkpoint)) if v}
+        answers = predict_run(args.run, args.data, args.split, args.task, **options)
         evaluation = evaluate_predictions(args.task, answers, args.data, args.split, strict=args.strict,
                                           vqa_version=args.vqa_eval, source=args.run)
     out = Path(args.out or args.run)

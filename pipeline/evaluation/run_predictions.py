@@ -4,7 +4,9 @@ The fine-tuning code provides `pipeline.finetune.predict.predict(run, data, spli
 returning `(task, answers)`: the task the run was fine-tuned for and a dict id -> answer
 (VQA question_id int -> answer, GQA questionId str -> answer, NLVR2 identifier ->
 "True"/"False"). Until that module exists, evaluating a run fails with one line that
-names what is missing.
+names what is missing. When the module also has `run_task(run) -> task`, a run of another
+task is refused before anything is predicted. Keyword options (e.g. `features=` to read
+another feature store) pass through to the predictor.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ def load_predictor() -> Callable:
     return predictor
 
 
-def predict_run(run: str | os.PathLike, data: str | os.PathLike, split: str, task: str) -> dict[Hashable, str]:
+def predict_run(run: str | os.PathLike, data: str | os.PathLike, split: str, task: str,
+                **options) -> dict[Hashable, str]:
     run = Path(run)
     if not run.is_dir():
         raise PipelineError("no such run directory", run)
     predictor = load_predictor()
-    run_task, answers = predictor(run, Path(data), split)
+    declared_task = getattr(importlib.import_module(PREDICTOR_MODULE), "run_task", None)
+    if declared_task is not None and declared_task(run) != task:
+        raise PipelineError(f"this run was fine-tuned for {declared_task(run)}, not {task}", run)
+    run_task, answers = predictor(run, Path(data), split, **options)
     if run_task != task:
         raise PipelineError(f"this run was fine-tuned for {run_task}, not {task}", run)
     return dict(answers)

@@ -1,0 +1,15 @@
+"""Fine-tuning LXMERT on VQA v2, GQA and NLVR2, and predicting with a fine-tuned run.
+
+- `splits.py`: a task's split as examples (the official files, else LXMERT's json).
+- `data.py`: examples as model batches (tokens once, regions from the feature store).
+- `init.py`: where the weights start (scratch, a pretraining run, a transformers directory,
+  an original checkpoint), answer rows carried over by answer string.
+- `tasks.py`: VQA/GQA/NLVR2 as `TrainTask`s of the one training loop, with their recipes.
+- `stage.py`: `prepare_finetune` (checks, vocabulary, tokenizer) and `finetune` (in-process).
+- `predict.py`: a run's answers for a split (`evaluate --run`).
+"""
+
+from pipeline.finetune.stage import FinetuneOptions, finetune, prepare_finetune
+from pipeline.finetune.tasks import TASKS
+
+__all__ = ["TASKS", "FinetuneOptions", "finetune", "prepare_finetune"]

@@ -1,0 +1,105 @@
+"""A fine-tuned run's answers for a split: the plug-in `evaluate --run` calls
+(`pipeline/evaluation/run_predictions.py` holds the contract).
+
+The model is the run's best/ (best validation accuracy, as the reference tests BEST.pth)
+when it has one, else final/; tokenizer and answer vocabulary come from that directory, the
+features from the store recorded in RUN/config.yaml (or `features=`), and a language-only
+run blanks the images here too. The questions are the split's files as they ship (all of
+them: VQA's questions file, GQA's all-questions file when there is one, NLVR2's jsonl).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Hashable
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_CHOICES = ("best", "final")
+
+
+def run_record(run: str | os.PathLike) -> dict[str, Any]:
+    """RUN/config.yaml of a fine-tuning run; one clear error for anything else."""
+    from pipeline.training import RunDir
+
+    run_dir = RunDir(run)
+    if not run_dir.path.is_dir():
+        raise PipelineError("no such run directory", run)
+    if not run_dir.has_run():
+        raise PipelineError("not a training run (no config.yaml)", run)
+    record = run_dir.read_config() or {}
+    options = record.get("task_options")
+    if record.get("stage") != "finetune" or not isinstance(options, dict) or "task" not in options:
+        raise PipelineError(f"not a fine-tuning run (its config.yaml describes a {record.get('task', 'unknown')!r} "
+                            "run); evaluate takes runs of `lxmert-pipeline finetune`", run_dir.path / "config.yaml")
+    return record
+
+
+def run_task(run: str | os.PathLike) -> str:
+    """The task a run was fine-tuned for (read before predicting anything)."""
+    return run_record(run)["task_options"]["task"]
+
+
+def model_dir(run: str | os.PathLike, checkpoint: str | None = None) -> Path:
+    """best/ when present (else final/), or the one asked for."""
+    run = Path(run)
+    if checkpoint is not None and checkpoint not in CHECKPOINT_CHOICES:
+        raise PipelineError(f"checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)}, not {checkpoint!r}")
+    for name in ([checkpoint] if checkpoint else CHECKPOINT_CHOICES):
+        if (run / name / "config.json").is_file():
+            return run / name
+    wanted = f"{checkpoint}/" if checkpoint else "best/ or final/"
+    raise PipelineError(f"the run has no {wanted} model (not finished? rerun finetune with --resume)", run)
+
+
+def predict(run: str | os.PathLike, data: str | os.PathLike, split: str, *, features: str | os.PathLike | None = None,
+            checkpoint: str | None = None, batch_size: int = 256,
+            device: str | None = None) -> tuple[str, dict[Hashable, str]]:
+    """(task, {question id -> answer}) for every question of `split` under the data root `data`."""
+    import torch
+
+    from model import load_pretrained
+    from model.errors import CheckpointError
+    from pipeline.features import FeatureStore
+    from pipeline.finetune.init import DIRECTORY, ModelInit
+    from pipeline.finetune.splits import missing_images
+    from pipeline.finetune.tasks import TASKS
+    from pipeline.inputs import check_store_fits
+    from pipeline.inputs.text import load_run_tokenizer
+
+    record = run_record(run)
+    options = record["task_options"]
+    name = options["task"]
+    directory = model_dir(run, checkpoint)
+    store_path = Path(features or options["features"])
+    store = FeatureStore(store_path)
+    try:
+        model = load_pretrained(directory)
+    except CheckpointError as err:
+        raise PipelineError(str(err)) from None
+    cls = TASKS[name]
+    if not isinstance(model, cls.model_class):
+        raise PipelineError(f"holds a {type(model).__name__}, not the {cls.model_class.__name__} of {name}", directory)
+    check_store_fits(model.config, store.metadata, store_path, labels=False)
+    task = cls(store=str(store_path), data=str(data), tokenizer_dir=str(directory),
+               init=ModelInit(DIRECTORY, str(directory)), answers=model.config.answers,
+               loss_kind=options.get("loss", cls.losses[0]), language_only=bool(options.get("language_only")))
+
+    examples = cls.read_split(str(data), split, prediction=True)
+    if not task.language_only:
+        missing = missing_images(store, examples)
+        if missing:
+            raise PipelineError(f"{len(missing)} images of {name} split {split!r} are not in the feature store "
+                                f"(first: {', '.join(missing[:3])}); extract them, or pass the store that has them",
+                                store_path)
+    source = task.batches(examples, load_run_tokenizer(directory), labelled=False)
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(target).eval()
+    log.info("predicting %d %s %s examples with %s%s", len(examples), name, split, directory,
+             " (language only)" if task.language_only else "")
+    answers = task.predictions(model, source, batch_size, target)
+    return name, {cls.example_id(e): a for e, a in zip(examples, answers)}

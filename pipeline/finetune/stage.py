@@ -1,0 +1,194 @@
+"""The fine-tuning stage: options -> a prepared `FinetuneTask` -> the one training loop.
+
+`prepare_finetune` does everything that can fail on bad input before any training starts:
+reads the splits, checks that the feature store has every image and fits the model,
+settles the answer vocabulary (saved as RUN/answers.json) and the tokenizer (RUN/tokenizer/),
+and loads the initial weights once to report how many answer rows matched by name.
+`finetune` then trains in this process; `workflows/train.py::run_training` runs the same
+task on Dask (one worker, or DDP over several).
+
+Run directory (the training loop's layout, plus):
+
+    RUN/config.yaml        task, init (+ answers matched), features, data, splits, answers file, recipe
+    RUN/answers.json       the answer vocabulary in head order (VQA/GQA)
+    RUN/tokenizer/         vocab.txt + tokenizer.json
+    RUN/metrics.jsonl      training lines; validation lines (split "val": accuracy, loss)
+    RUN/checkpoints/step-N/, RUN/final/   the last model (the reference's LAST.pth)
+    RUN/best/              the model of the best validation accuracy (BEST.pth) + best.json
+
+Every model directory holds config.json (answers as id2label), model.safetensors and the
+tokenizer: `transformers.LxmertForQuestionAnswering.from_pretrained(RUN/best)` loads it.
+`predict` (and `evaluate --run`) uses best/ when the run validated, else final/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError, UsageError
+from pipeline.finetune.init import CHECKPOINT, SCRATCH, resolve_init
+from pipeline.finetune.splits import missing_images, require_labels
+from pipeline.finetune.tasks import TASKS, FinetuneTask
+from pipeline.readers.answers import AnswerVocab
+from pipeline.training import DistEnv, RunDir, TrainConfig, TrainResult, prepare_run, train
+
+log = logging.getLogger(__name__)
+
+ANSWERS_FILE = "answers.json"
+# marks a run directory as a fine-tuning run in its config.yaml (predict checks it)
+STAGE_RECORD = {"stage": "finetune"}
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything a user chooses about a fine-tuning run except the loop settings (`TrainConfig`)."""
+    task: str                                # vqa | gqa | nlvr2
+    features: str                            # feature store directory
+    data: str                                # data root
+    init: str | None = None                  # pretraining run, transformers dir, original .pth; None = scratch
+    preset: str | None = None                # scratch: the network (default "base"); original .pth: its head count
+    vocab: str | None = None                 # tokenizer when init has none (or to learn none from scratch)
+    train_splits: list[str] | None = None    # None: the task's reference splits
+    valid_split: str | None = None           # None: the task's reference split; "none": no validation
+    answers: str | None = None               # answer vocabulary file; None: the reference rule on the data
+    init_answers: str | None = None          # an original checkpoint's answer names (LXMERT's all_ans.json)
+    answer_min_count: int = 9                # VQA rule: answers of at least this many questions
+    loss: str | None = None                  # bce | ce; None: the task's reference loss
+    language_only: bool = False              # blank every image (the text-only baseline)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "FinetuneOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UsageError(f"unknown fine-tuning options {unknown}; known: {sorted(names)}")
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise UsageError(f"fine-tuning options: {err}") from None
+
+
+def task_class(name: str) -> type[FinetuneTask]:
+    if name not in TASKS:
+        raise UsageError(f"unknown fine-tuning task {name!r}; choose from {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def _read(cls: type[FinetuneTask], data: str, splits: list[str]) -> list:
+    out: list = []
+    for split in splits:
+        examples = cls.read_split(data, split)
+        require_labels(examples, cls.name, split, data)
+        out.extend(examples)
+    return out
+
+
+def _answers(cls, options: FinetuneOptions, run: RunDir, train_examples, valid_examples) -> list[str] | None:
+    saved = run.path / ANSWERS_FILE
+    if saved.is_file():            # a resumed run keeps its vocabulary, whatever the data says now
+        return AnswerVocab.load(saved).answers
+    if options.answers:
+        vocab = AnswerVocab.load(options.answers)
+    else:
+        vocab = cls.answer_vocabulary(train_examples, valid_examples, options.answer_min_count)
+    if vocab is None:
+        return None
+    if not len(vocab):
+        raise PipelineError(f"the {cls.name} answer vocabulary is empty (answer_min_count "
+                            f"{options.answer_min_count} too high for this data?)", options.answers or options.data)
+    vocab.save(saved)
+    return vocab.answers
+
+
+def _tokenizer(options: FinetuneOptions, init, run: RunDir, train_examples):
+    from pipeline.inputs import run_tokenizer
+
+    if init.kind == SCRATCH:
+        return run_tokenizer(run.path, vocab=options.vocab, corpus=lambda: [e.sentence for e in train_examples])
+    if init.kind == CHECKPOINT and options.vocab is None and not (run.path / "tokenizer").is_dir():
+        raise PipelineError("an original checkpoint carries no vocabulary: pass --vocab (e.g. bert-base-uncased's "
+                            "vocab.txt)", init.source)
+    return run_tokenizer(run.path, vocab=options.vocab or init.source)
+
+
+def prepare_finetune(options: FinetuneOptions, run_path: str | os.PathLike, *, resume: bool = False) -> FinetuneTask:
+    """Check the inputs, write RUN/answers.json and RUN/tokenizer/, and return the task."""
+    from model import LxmertConfig
+    from pipeline.features import FeatureStore
+    from pipeline.inputs import check_store_fits, config_for_store
+
+    cls = task_class(options.task)
+    loss = options.loss or cls.losses[0]
+    if loss not in cls.losses:
+        raise UsageError(f"{cls.name} fine-tunes with {' or '.join(cls.losses)}, not {loss!r}")
+    run = RunDir(run_path)
+    run.check_writable()
+    if run.has_run() and not resume:
+        raise PipelineError("already holds a training run (config.yaml); pass --resume to continue it "
+                            "or choose another --out", run.path)
+    store = FeatureStore(options.features)
+
+    train_splits = list(options.train_splits or cls.default_train_splits)
+    valid_split = cls.default_valid_split if options.valid_split is None else options.valid_split
+    if str(valid_split).lower() in ("", "none"):
+        valid_split = None
+    train_examples = _read(cls, options.data, train_splits)
+    valid_examples = _read(cls, options.data, [valid_split]) if valid_split else []
+    missing = missing_images(store, [*train_examples, *valid_examples])
+    if missing:
+        raise PipelineError(f"{len(missing)} images of the {cls.name} splits {', '.join(train_splits)}"
+                            f"{', ' + valid_split if valid_split else ''} are not in the feature store "
+                            f"(first: {', '.join(missing[:3])})", options.features)
+    answers = _answers(cls, options, run, train_examples, valid_examples)
+
+    if options.preset is not None and options.init is not None and str(options.init).lower() != "none":
+        is_file = Path(options.init).is_file()
+        if not is_file:
+            raise UsageError("--preset chooses the network of a run from scratch (--init none) or the head count "
+                             "of an original checkpoint file; a run or directory brings its own")
+    init_answers = AnswerVocab.load(options.init_answers).answers if options.init_answers else None
+    heads = LxmertConfig.preset(options.preset).num_attention_heads if options.preset else None
+    init = resolve_init(options.init, init_answers=init_answers, num_attention_heads=heads)
+    tokenizer = _tokenizer(options, init, run, train_examples)
+
+    report = None
+    if init.kind == SCRATCH:
+        qa = {} if answers is None else {"num_qa_labels": len(answers), "answers": answers}
+        config = config_for_store(store.metadata, options.preset or "base", vocab_size=tokenizer.vocab_size, **qa)
+        init = dataclasses.replace(init, model_config=config.to_dict())
+    else:
+        model, report = init.build(cls.model_class, answers)
+        config = model.config
+        del model
+        check_store_fits(config, store.metadata, options.features, labels=False)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise PipelineError(f"the tokenizer has {tokenizer.vocab_size} WordPieces but the model's embedding "
+                                f"only {config.vocab_size} rows: use the vocabulary the model was trained with",
+                                tokenizer.source)
+        log.info("%s init from %s: %s", cls.name, init.source, report.summary())
+
+    record = {"init": init.describe(report), "train_examples": len(train_examples),
+              "valid_examples": len(valid_examples),
+              "answers_file": str(run.path.resolve() / ANSWERS_FILE) if answers is not None else None,
+              "answer_min_count": options.answer_min_count if answers is not None and not options.answers else None}
+    log.info("%s: %d training examples (%s), %d validation (%s)%s", cls.name, len(train_examples),
+             ", ".join(train_splits), len(valid_examples), valid_split or "none",
+             f", {len(answers)} answers" if answers is not None else "")
+    return cls(store=str(Path(options.features).resolve()), data=str(Path(options.data).resolve()),
+               tokenizer_dir=str((run.path / "tokenizer").resolve()), init=init, train_splits=train_splits,
+               valid_split=valid_split, answers=answers, loss_kind=loss, language_only=options.language_only,
+               record=record)
+
+
+def finetune(options: FinetuneOptions, config: TrainConfig, run_path: str | os.PathLike, *, resume: bool = False,
+             env: DistEnv = DistEnv(), stop_after: int | None = None) -> TrainResult:
+    """Fine-tune in this process (no Dask): prepare, write config.yaml, train."""
+    task = prepare_finetune(options, run_path, resume=resume)
+    run = RunDir(run_path)
+    prepare_run(run, task, config, resume=resume, extra=STAGE_RECORD)
+    return train(task, config, run, env, resume=resume, stop_after=stop_after)
