@@ -52,6 +52,21 @@ class Conv2d(nn.Conv2d):
         return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def convert_frozen_batchnorm_(module: nn.Module) -> None:
+    """Replace every BatchNorm2d owned by a `Conv2d` below `module` with a FrozenBatchNorm2d
+    holding the same affine map and statistics (the keys stay weight/bias/running_*)."""
+    for conv in module.modules():
+        if isinstance(conv, Conv2d) and isinstance(conv.norm, nn.BatchNorm2d):
+            bn = conv.norm
+            frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps).to(bn.weight.device)
+            with torch.no_grad():
+                frozen.weight.copy_(bn.weight)
+                frozen.bias.copy_(bn.bias)
+                frozen.running_mean.copy_(bn.running_mean)
+                frozen.running_var.copy_(bn.running_var)
+            conv.norm = frozen
+
+
 def fold_norm_into_conv(conv: Conv2d) -> None:
     """Inference only: fold a FrozenBN/eval-BN into the conv's weight and bias (one op less)."""
     norm = conv.norm
@@ -177,11 +192,15 @@ class ResNet(nn.Module):
         self.freeze(cfg.freeze_at)
 
     def freeze(self, freeze_at: int) -> None:
-        """detectron2 FREEZE_AT: 1 = stem, 2 = stem + res2 get no gradients."""
+        """detectron2 FREEZE_AT: 0 = train everything, 1 = stem, 2 = stem + res2, ... get no
+        gradients, and their norms become FrozenBN (as detectron2's `ResNet.freeze` does), so a
+        frozen stage stays the same function in training too (a BatchNorm2d in train mode
+        would normalise with batch statistics and keep moving its running averages)."""
         frozen = [self.stem, self.res2, self.res3, self.res4][:freeze_at]
         for module in frozen:
             for p in module.parameters():
                 p.requires_grad_(False)
+            convert_frozen_batchnorm_(module)
 
     def feature_sizes(self, image_sizes: Sequence[tuple[int, int]]) -> Sizes:
         """Each image's own res4 (h, w): what a batch-1 forward would produce."""

@@ -25,6 +25,10 @@ class InputConfig:
     max_size: int = 1000           # long side cap (Caffe TEST.MAX_SIZE)
     pixel_mean: tuple[float, float, float] = CAFFE_PIXEL_MEAN   # BGR order
     format: str = "BGR"            # channel order the weights expect
+    # training only: short side drawn per image from these (detectron2 MIN_SIZE_TRAIN, "choice");
+    # Caffe trained VG at the single scale 600 with flipped copies of every image
+    min_size_train: tuple[int, ...] = (600,)
+    random_flip: bool = True       # horizontal flip with probability 1/2
 
 
 @dataclass
@@ -67,6 +71,7 @@ class RPNConfig:
     batch_size_per_image: int = 256
     positive_fraction: float = 0.5
     iou_thresholds: tuple[float, float] = (0.3, 0.7)
+    smooth_l1_beta: float = 0.0    # detectron2 default (L1); Caffe used sigma 3, i.e. beta 1/9
 
     @property
     def num_anchors(self) -> int:
@@ -85,6 +90,12 @@ class ROIHeadsConfig:
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
     iou_threshold: float = 0.5
+    smooth_l1_beta: float = 0.0    # detectron2 default (L1); Caffe used beta 1
+    attr_loss_weight: float = 0.5  # Caffe / BUA
+    # box evaluation (detectron2 MODEL.ROI_HEADS.SCORE_THRESH_TEST etc.; extraction uses `selection`)
+    score_thresh_test: float = 0.05
+    nms_thresh_test: float = 0.5
+    detections_per_image: int = 100
 
 
 @dataclass
@@ -246,10 +257,35 @@ def _small() -> DetectorConfig:
     )
 
 
+def _synth() -> DetectorConfig:
+    """`tiny`'s network sized for the synthetic world and trained from scratch on a CPU.
+
+    Objects there are 13-36% of the short side: at a 224-pixel short side that is 29-81
+    pixels, which anchors of 32/64/128 cover. No stage is frozen (there are no pretrained
+    weights to keep), and the training samples are a quarter of the reference's (64 anchors,
+    64 RoIs per image): res5 over the sampled RoIs is most of a step's time, and a scene has
+    at most six objects.
+    """
+    return DetectorConfig(
+        name="synth",
+        input=InputConfig(min_size=224, max_size=384, min_size_train=(192, 208, 224, 240, 256)),
+        resnet=ResNetConfig(stem_out_channels=16, res2_out_channels=32, width_per_group=8,
+                            blocks=(1, 1, 1), res5_blocks=1, norm="BN", freeze_at=0),
+        rpn=RPNConfig(hidden_channels=64, anchor_sizes=(32, 64, 128),
+                      pre_nms_topk_test=1000, post_nms_topk_test=100,
+                      pre_nms_topk_train=1000, post_nms_topk_train=300,
+                      batch_size_per_image=64),
+        roi_heads=ROIHeadsConfig(pooler_resolution=7, attr_embed_dim=32, attr_hidden_dim=64,
+                                 batch_size_per_image=64),
+        selection=SelectionConfig(min_boxes=10, max_boxes=36),
+    )
+
+
 PRESETS = {
     "vg-r101-c4": DetectorConfig,
     "tiny": _tiny,
     "small": _small,
+    "synth": _synth,
 }
 
 

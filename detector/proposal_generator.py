@@ -5,6 +5,11 @@ Test-time proposals follow detectron2's `find_top_rpn_proposals` (what AIR/HF ru
 empty boxes -> NMS 0.7 -> top `post_nms_topk` (300 for vg-r101-c4). A padded batch is handled
 image by image on each image's own feature extent (anchors over padding never compete), and
 the NMS of all images is one call.
+
+Training (`losses`): each image's anchors are matched to its gt boxes (IoU >= 0.7 object,
+< 0.3 background, in between ignored, plus each gt's best anchor), 256 are sampled with at
+most half positive, and detector/losses.py:rpn_losses scores them. Anchors crossing the
+image border are kept (detectron2's BOUNDARY_THRESH -1).
 """
 
 from __future__ import annotations
@@ -16,8 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchvision.ops import box_iou
+
 from detector.boxes import Box2BoxTransform, batched_nms, clip_boxes
 from detector.config import RPNConfig
+from detector.losses import rpn_losses
+from detector.matcher import Matcher
+from detector.sampling import subsample_labels
 
 
 def cell_anchors(sizes, aspect_ratios) -> torch.Tensor:
@@ -93,6 +103,7 @@ class RPN(nn.Module):
                                                        cfg.anchor_stride, cfg.anchor_offset)
         self.rpn_head = StandardRPNHead(in_channels, cfg.hidden_channels, self.anchor_generator.num_anchors)
         self.box2box_transform = Box2BoxTransform(cfg.bbox_reg_weights)
+        self.anchor_matcher = Matcher(cfg.iou_thresholds, (0, -1, 1), allow_low_quality_matches=True)
 
     def predict(self, features: torch.Tensor, feature_sizes: list[tuple[int, int]]) -> RPNOutputs:
         """Head outputs per image, cut to each image's own (h, w) on the res4 grid."""
@@ -135,3 +146,26 @@ class RPN(nn.Module):
             proposals.append(boxes[k_i])
             logits.append(scores[k_i])
         return proposals, logits
+
+    def label_and_sample_anchors(self, anchors: list[torch.Tensor], gt_boxes: list[torch.Tensor]
+                                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per image: anchors (A_i, 4), gt boxes (G_i, 4) in input pixels -> (labels (A_i,) int8:
+        1 sampled object, 0 sampled background, -1 not sampled; matched gt box (A_i, 4))."""
+        labels_out, matched_out = [], []
+        for anchors_i, gt_i in zip(anchors, gt_boxes):
+            gt_i = gt_i.to(anchors_i)
+            matched_idx, labels = self.anchor_matcher(box_iou(gt_i, anchors_i))
+            positive, negative = subsample_labels(labels, self.cfg.batch_size_per_image,
+                                                  self.cfg.positive_fraction, 0)
+            sampled = torch.full_like(labels, -1)
+            sampled[positive] = 1
+            sampled[negative] = 0
+            labels_out.append(sampled)
+            matched_out.append(gt_i[matched_idx] if len(gt_i) else torch.zeros_like(anchors_i))
+        return labels_out, matched_out
+
+    def losses(self, rpn_out: RPNOutputs, gt_boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"loss_rpn_cls", "loss_rpn_loc"} of this image batch (gt boxes in input pixels)."""
+        labels, matched = self.label_and_sample_anchors(rpn_out.anchors, gt_boxes)
+        return rpn_losses(rpn_out.objectness_logits, rpn_out.anchor_deltas, rpn_out.anchors, labels, matched,
+                          self.box2box_transform, self.cfg.batch_size_per_image, self.cfg.smooth_l1_beta)

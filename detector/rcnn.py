@@ -9,6 +9,10 @@ deltas, anchors), `proposal_generator.find_top_proposals(..., training=True)`,
 `roi_heads.box_features(res4, boxes)`, `roi_heads.box_predictor(x)` and
 `roi_heads.box_predictor.attribute_logits(x, class_ids)`.
 
+Training: `model(images, image_sizes, targets)` returns the loss dict (RPN, Fast R-CNN,
+attributes), detectron2's contract, so a DistributedDataParallel wrapper sees one forward.
+`detect` gives the scored detections box mAP is measured on.
+
 Precision: under `autocast_dtype` the convolutions (backbone, RPN conv, res5) run in
 bf16/fp16; RoIPool, anchors, box decoding, NMS, softmax and selection stay in float32 (in
 bf16 the proposal boxes move by pixels and the selected set changes, reference §5).
@@ -27,6 +31,7 @@ from torch import nn
 from detector.backbone import Conv2d, ResNet, fold_norm_into_conv
 from detector.boxes import clip_boxes
 from detector.config import DetectorConfig, SelectionConfig
+from detector.inference import Detections
 from detector.proposal_generator import RPN
 from detector.roi_heads import Res5ROIHeads
 from detector.selection import select_boxes
@@ -85,6 +90,44 @@ class GeneralizedRCNN(nn.Module):
             if isinstance(module, Conv2d):
                 fold_norm_into_conv(module)
         return self
+
+    def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],
+                targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Training losses of a padded batch. images (N, 3, H, W) as prepare_image makes them;
+        image_sizes: each image's own (h, w); targets per image: {"boxes" (G, 4) x1y1x2y2 in
+        input pixels, "classes" (G,) int64 in [0, C), "attributes" (G, M) int64 in [0, A),
+        -1 padded}. -> {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_attr"}."""
+        image_sizes = [(int(h), int(w)) for h, w in image_sizes]
+        res4 = self.backbone(images, image_sizes)["res4"]
+        rpn_out = self.proposal_generator.predict(res4, self.backbone.feature_sizes(image_sizes))
+        losses = self.proposal_generator.losses(rpn_out, [t["boxes"] for t in targets])
+        proposals, _ = self.proposal_generator.find_top_proposals(rpn_out, image_sizes, training=True)
+        losses.update(self.roi_heads.losses(res4, proposals, targets))
+        return losses
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor, image_sizes: list[tuple[int, int]], scales: list[float],
+               original_sizes: list[tuple[int, int]]) -> list[Detections]:
+        """Detections per image in original pixels (test-time proposals, per-class NMS)."""
+        image_sizes = [(int(h), int(w)) for h, w in image_sizes]
+        res4 = self.backbone(images, image_sizes)["res4"]
+        rpn_out = self.proposal_generator.predict(res4, self.backbone.feature_sizes(image_sizes))
+        proposals, _ = self.proposal_generator.find_top_proposals(rpn_out, image_sizes)
+        found = self.roi_heads.detect(res4, proposals, image_sizes)
+        return [d.scaled(s, *orig) for d, s, orig in zip(found, scales, original_sizes)]
+
+    @torch.no_grad()
+    def classify_boxes(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],
+                       boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Given boxes (input pixels, per image) -> (class probs (R, C+1), attribute probs (R, A+1)),
+        the attribute head fed the argmax class over all C+1 logits as at extraction (AIR's
+        given-box mode)."""
+        image_sizes = [(int(h), int(w)) for h, w in image_sizes]
+        res4 = self.backbone(images, image_sizes)["res4"]
+        feats = self.roi_heads.box_features(res4, boxes)
+        class_logits, _ = self.roi_heads.box_predictor(feats)
+        attr_logits = self.roi_heads.box_predictor.attribute_logits(feats, class_logits.argmax(dim=1))
+        return F.softmax(class_logits.float(), dim=1), F.softmax(attr_logits.float(), dim=1)
 
     def extract(self, images: torch.Tensor, image_sizes: list[tuple[int, int]], scales: list[float],
                 original_sizes: list[tuple[int, int]], selection: SelectionConfig | None = None,
