@@ -8,6 +8,8 @@
   their share of the cores instead of Dask's OMP_NUM_THREADS=1.
 - `scheduler="tcp://host:8786"`: attach to a running cluster (SLURM via dask-jobqueue,
   Kubernetes, `dask scheduler` + `dask worker --resources GPU=1`); nothing is started.
+- `client=`: an existing client, e.g. `worker_client()` inside a stage of `lxmert-pipeline
+  run`'s graph, so the stage's own tasks (shards, DDP ranks) go to the same cluster.
 """
 
 from __future__ import annotations
@@ -28,12 +30,17 @@ def _gpu_count() -> int:
 
 @contextlib.contextmanager
 def dask_client(*, workers: int | None = None, scheduler: str | None = None, device: str = "cpu",
-                threads_per_worker: int | None = None, dashboard: bool = False) -> Iterator["distributed.Client"]:
+                threads_per_worker: int | None = None, dashboard: bool = False,
+                client: "distributed.Client | None" = None) -> Iterator["distributed.Client"]:
+    """`client` given: use it as it is (a stage of a larger graph running inside a worker)."""
     import dask
     from distributed import Client, LocalCluster
 
     from pipeline.errors import PipelineError
 
+    if client is not None:
+        yield client
+        return
     if scheduler:
         try:
             client = Client(scheduler, timeout="30s")

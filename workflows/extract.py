@@ -181,7 +181,7 @@ def _progress(total: int, enabled: bool):
 def run_extract(images_dir: str, out_dir: str, spec: ExtractorSpec, *, shard_size: int = 1000,
                 batch_size: int = 1, feature_dtype: str = "float16", workers: int | None = None,
                 scheduler: str | None = None, decode_threads: int = 2, retries: int = 2,
-                progress: bool = True) -> ExtractSummary:
+                progress: bool = True, client=None) -> ExtractSummary:
     from distributed import as_completed
 
     from pipeline.atomic import remove_stale_temporaries
@@ -215,7 +215,7 @@ def run_extract(images_dir: str, out_dir: str, spec: ExtractorSpec, *, shard_siz
     if todo:
         _preflight(spec)
         gpu = spec.device.startswith("cuda")
-        with dask_client(workers=workers, scheduler=scheduler, device=spec.device) as client:
+        with dask_client(workers=workers, scheduler=scheduler, device=spec.device, client=client) as client:
             if gpu and not any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()):
                 raise PipelineError("--device cuda, but no Dask worker advertises the GPU resource "
                                     "(start workers with `dask worker ADDR --resources GPU=1`)")

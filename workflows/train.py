@@ -62,13 +62,13 @@ def _ranks(client) -> list[tuple[str, str, int]]:
 
 def run_training(task: TrainTask, config: TrainConfig, run_path: str | Path, *, workers: int | None = None,
                  scheduler: str | None = None, resume: bool = False, extra_config: dict[str, Any] | None = None,
-                 stop_after: int | None = None, poll_s: float = 0.5) -> dict[str, Any]:
-    """Train on a Dask cluster (started here, or `scheduler`); returns rank 0's result."""
+                 stop_after: int | None = None, poll_s: float = 0.5, client=None) -> dict[str, Any]:
+    """Train on a Dask cluster (started here, `scheduler`, or `client`); returns rank 0's result."""
     from workflows.cluster import dask_client
 
     run = RunDir(run_path)
     prepare_run(run, task, config, resume=resume, extra=extra_config)
-    with dask_client(workers=workers, scheduler=scheduler, device=config.device) as client:
+    with dask_client(workers=workers, scheduler=scheduler, device=config.device, client=client) as client:
         ranks = _ranks(client)
         world = len(ranks)
         init_method = None

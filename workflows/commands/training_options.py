@@ -67,17 +67,23 @@ def read_options_file(path: str | None) -> dict[str, Any]:
 
 def train_config(args: argparse.Namespace, recipe: dict[str, Any], file_options: dict[str, Any]):
     """`TrainConfig` from the recipe, then the options file's `train:`, then the flags."""
+    flags = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "no_progress", False):
+        flags["progress"] = False
+    return merged_train_config(recipe, file_options.get("train", {}), flags)
+
+
+def merged_train_config(*layers: dict[str, Any]):
+    """`TrainConfig` from settings layers, later ones winning; a layer that sets the length
+    (steps or epochs) replaces the earlier layers' length."""
     from pipeline.training import TrainConfig
 
-    flags = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
     values: dict[str, Any] = {}
-    for layer in (recipe, file_options.get("train", {}), flags):
-        if "steps" in layer or "epochs" in layer:   # a layer's length replaces the earlier one
+    for layer in layers:
+        if "steps" in layer or "epochs" in layer:
             values.pop("steps", None)
             values.pop("epochs", None)
         values.update(layer)
-    if getattr(args, "no_progress", False):
-        values["progress"] = False
     if "steps" not in values and "epochs" not in values:
         raise UsageError("give the run's length: --steps N or --epochs N")
     try:
