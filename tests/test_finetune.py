@@ -266,3 +266,28 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, world):
     finetune(options(world, "nlvr2"), config(steps=1, epochs=None, batch_size=8), run)
     with pytest.raises(PipelineError, match="already holds a training run"):
         prepare_finetune(options(world, "nlvr2"), run)
+
+
+def test_default_recipe_is_the_reference_for_paper_width_models(tmp_path, world):
+    from pipeline.finetune.recipe import recipe
+    from pipeline.finetune.stage import default_recipe
+
+    for task, lr in (("vqa", 5e-5), ("gqa", 1e-5), ("nlvr2", 5e-5)):
+        reference = recipe(task, 768)
+        assert (reference["epochs"], reference["batch_size"], reference["lr"], reference["optimizer"],
+                reference["warmup"], reference["clip_norm"]) == (4, 32, lr, "bert", 0.1, 5.0)
+    small = default_recipe(prepare_finetune(options(world, "gqa"), tmp_path / "run"))
+    assert small["optimizer"] == "adamw" and small["lr"] == 1e-3 and small["best_metric"] == "accuracy"
+    TrainConfig(**small)
+
+
+def test_model_overrides_size_a_network_from_scratch(tmp_path, world):
+    task = prepare_finetune(options(world, "vqa", model={"hidden_size": 48, "intermediate_size": 96}), tmp_path / "a")
+    model = task.build_model()
+    assert model.config.hidden_size == 48 and task.record["model"]["hidden_size"] == 48
+    assert model.config.visual_feat_dim == 32       # still the store's
+    pre = pretraining_directory(tmp_path / "pre", *world, answers=["yes"])
+    with pytest.raises(UsageError, match="from scratch"):
+        prepare_finetune(options(world, "vqa", init=str(pre), preset=None, model={"hidden_size": 48}), tmp_path / "b")
+    with pytest.raises(UsageError, match="unknown model preset 'huge'"):
+        prepare_finetune(options(world, "vqa", preset="huge"), tmp_path / "c")

@@ -9,7 +9,8 @@ task on Dask (one worker, or DDP over several).
 
 Run directory (the training loop's layout, plus):
 
-    RUN/config.yaml        task, init (+ answers matched), features, data, splits, answers file, recipe
+    RUN/config.yaml        task, init (+ answers matched), model size, features, data, splits,
+                           answers file; the loop settings (recipe.py, then the user's)
     RUN/answers.json       the answer vocabulary in head order (VQA/GQA)
     RUN/tokenizer/         vocab.txt + tokenizer.json
     RUN/metrics.jsonl      training lines; validation lines (split "val": accuracy, loss)
@@ -32,6 +33,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError, UsageError
 from pipeline.finetune.init import CHECKPOINT, SCRATCH, resolve_init
+from pipeline.finetune.recipe import recipe
 from pipeline.finetune.splits import missing_images, require_labels
 from pipeline.finetune.tasks import TASKS, FinetuneTask
 from pipeline.readers.answers import AnswerVocab
@@ -60,6 +62,7 @@ class FinetuneOptions:
     answer_min_count: int = 9                # VQA rule: answers of at least this many questions
     loss: str | None = None                  # bce | ce; None: the task's reference loss
     language_only: bool = False              # blank every image (the text-only baseline)
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)   # scratch: overrides of the preset's sizes
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FinetuneOptions":
@@ -146,20 +149,28 @@ def prepare_finetune(options: FinetuneOptions, run_path: str | os.PathLike, *, r
                             f"(first: {', '.join(missing[:3])})", options.features)
     answers = _answers(cls, options, run, train_examples, valid_examples)
 
-    if options.preset is not None and options.init is not None and str(options.init).lower() != "none":
-        is_file = Path(options.init).is_file()
-        if not is_file:
-            raise UsageError("--preset chooses the network of a run from scratch (--init none) or the head count "
-                             "of an original checkpoint file; a run or directory brings its own")
+    heads = None
+    if options.preset is not None:
+        if options.preset not in LxmertConfig.PRESETS:
+            raise UsageError(f"unknown model preset {options.preset!r}; choose from {', '.join(LxmertConfig.PRESETS)}")
+        heads = LxmertConfig.preset(options.preset).num_attention_heads
     init_answers = AnswerVocab.load(options.init_answers).answers if options.init_answers else None
-    heads = LxmertConfig.preset(options.preset).num_attention_heads if options.preset else None
     init = resolve_init(options.init, init_answers=init_answers, num_attention_heads=heads)
+    if options.preset is not None and init.kind not in (SCRATCH, CHECKPOINT):
+        raise UsageError("--preset chooses the network of a run from scratch (--init none) or the head count of an "
+                         "original checkpoint file; a run or a model directory brings its own")
+    if options.model and init.kind != SCRATCH:
+        raise UsageError("`model:` overrides size a network trained from scratch (--init none); "
+                         "a pretrained one keeps its shape")
     tokenizer = _tokenizer(options, init, run, train_examples)
 
     report = None
     if init.kind == SCRATCH:
         qa = {} if answers is None else {"num_qa_labels": len(answers), "answers": answers}
-        config = config_for_store(store.metadata, options.preset or "base", vocab_size=tokenizer.vocab_size, **qa)
+        sizes = {k: v for k, v in options.model.items() if k not in ("vocab_size", "num_qa_labels", "answers")}
+        config = config_for_store(store.metadata, options.preset or "base", vocab_size=tokenizer.vocab_size,
+                                  **{**sizes, **qa})
+        check_store_fits(config, store.metadata, options.features, labels=False)
         init = dataclasses.replace(init, model_config=config.to_dict())
     else:
         model, report = init.build(cls.model_class, answers)
@@ -172,7 +183,10 @@ def prepare_finetune(options: FinetuneOptions, run_path: str | os.PathLike, *, r
                                 tokenizer.source)
         log.info("%s init from %s: %s", cls.name, init.source, report.summary())
 
-    record = {"init": init.describe(report), "train_examples": len(train_examples),
+    record = {"init": init.describe(report),
+              "model": {"hidden_size": config.hidden_size, "layers": [config.l_layers, config.x_layers, config.r_layers],
+                        "vocab_size": config.vocab_size},
+              "train_examples": len(train_examples),
               "valid_examples": len(valid_examples),
               "answers_file": str(run.path.resolve() / ANSWERS_FILE) if answers is not None else None,
               "answer_min_count": options.answer_min_count if answers is not None and not options.answers else None}
@@ -185,10 +199,18 @@ def prepare_finetune(options: FinetuneOptions, run_path: str | os.PathLike, *, r
                record=record)
 
 
-def finetune(options: FinetuneOptions, config: TrainConfig, run_path: str | os.PathLike, *, resume: bool = False,
-             env: DistEnv = DistEnv(), stop_after: int | None = None) -> TrainResult:
-    """Fine-tune in this process (no Dask): prepare, write config.yaml, train."""
+def default_recipe(task: FinetuneTask) -> dict[str, Any]:
+    """The loop settings `task` starts from: the reference recipe for a paper-width network,
+    the small-network recipe otherwise (recipe.py)."""
+    return recipe(task.name, task.record["model"]["hidden_size"])
+
+
+def finetune(options: FinetuneOptions, config: TrainConfig | None, run_path: str | os.PathLike, *,
+             resume: bool = False, env: DistEnv = DistEnv(), stop_after: int | None = None) -> TrainResult:
+    """Fine-tune in this process (no Dask): prepare, write config.yaml, train. `config` None
+    trains with `default_recipe`."""
     task = prepare_finetune(options, run_path, resume=resume)
+    config = config or TrainConfig(**default_recipe(task))
     run = RunDir(run_path)
     prepare_run(run, task, config, resume=resume, extra=STAGE_RECORD)
     return train(task, config, run, env, resume=resume, stop_after=stop_after)

@@ -6,8 +6,8 @@ x answers for VQA/GQA, cross-entropy for NLVR2), validation is the task's offici
 accuracy (LXMERT's evaluators: VQA soft score of the argmax answer, GQA exact match, NLVR2
 accuracy; in percent) and every checkpoint is a self-contained transformers directory with
 the tokenizer. The subclasses say only where the tasks differ: which files a split comes
-from, the model class, how examples become batches, how outputs become answers, and the
-reference recipe (reference lxmert.md §1.8).
+from, the model class, how examples become batches and how outputs become answers (the
+loop settings are in recipe.py).
 
 A task object is small and picklable (paths, the answer list, options): it is shipped to
 every Dask rank, which reads its data and builds its model itself.
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Hashable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from model import LxmertForNLVR2, LxmertForQuestionAnswering, save_pretrained
@@ -30,9 +31,6 @@ from pipeline.finetune.splits import read_gqa_split, read_nlvr2_split, read_vqa_
 from pipeline.inputs.text import load_run_tokenizer
 from pipeline.readers.answers import AnswerVocab
 
-# the reference's fine-tuning setup, shared by the three tasks (lxmert.md §1.8); lr per task
-_REFERENCE = dict(epochs=4, batch_size=32, optimizer="bert", weight_decay=0.01, warmup=0.1, clip_norm=5.0,
-                  best_metric="accuracy", val_batch_size=256)
 SELECTION_METRIC = "accuracy"
 
 
@@ -57,7 +55,6 @@ class FinetuneTask:
     losses: ClassVar[tuple[str, ...]]
     default_train_splits: ClassVar[tuple[str, ...]]
     default_valid_split: ClassVar[str]
-    recipe: ClassVar[dict[str, Any]]
 
     # ---- what differs per task -------------------------------------------------------------
     @classmethod
@@ -131,8 +128,6 @@ class FinetuneTask:
     @torch.no_grad()
     def predictions(self, model, source, batch_size: int, device: torch.device) -> list[str]:
         """Answers for every example of `source` (a `batches(..., labelled=False)`), in order."""
-        import numpy as np
-
         out: list[str] = []
         for start in range(0, len(source), batch_size):
             indices = np.arange(start, min(start + batch_size, len(source)))
@@ -185,7 +180,6 @@ class VQATask(QuestionAnsweringTask):
     losses = ("bce",)
     default_train_splits = ("train2014",)
     default_valid_split = "val2014"
-    recipe = {**_REFERENCE, "lr": 5e-5}
 
     @classmethod
     def read_split(cls, data, split, *, prediction=False):
@@ -202,7 +196,6 @@ class GQATask(QuestionAnsweringTask):
     name = "gqa"
     default_train_splits = ("train", "val")
     default_valid_split = "testdev"
-    recipe = {**_REFERENCE, "lr": 1e-5}
 
     @classmethod
     def read_split(cls, data, split, *, prediction=False):
@@ -222,7 +215,6 @@ class NLVR2Task(FinetuneTask):
     losses = ("ce",)
     default_train_splits = ("train",)
     default_valid_split = "dev"
-    recipe = {**_REFERENCE, "lr": 5e-5}
 
     @classmethod
     def read_split(cls, data, split, *, prediction=False):

@@ -8,8 +8,10 @@ import sys
 HELP = "fine-tune LXMERT on VQA v2, GQA or NLVR2 (from a pretraining run, a checkpoint, or from scratch)"
 
 _EPILOG = """\
-defaults are the reference recipes (airsplay/lxmert run/*_finetune.bash): 4 epochs, batch 32,
-BertAdam with lr 5e-5 (GQA 1e-5), warm-up 0.1, gradient clip 5.0; splits
+defaults are the reference recipes (airsplay/lxmert run/*_finetune.bash) for paper-width
+models: 4 epochs, batch 32, BertAdam with lr 5e-5 (GQA 1e-5), warm-up 0.1, gradient clip 5.0;
+narrower models (tiny, small: CPU runs on synthetic worlds) default to 10 epochs of AdamW at
+lr 1e-3 (warm-up 0.05, clip 5.0). Splits:
   vqa    --train train2014 --valid val2014     (LXMERT's: --train train,nominival --valid minival,
                                                read from lxmert/vqa/*.json)
   gqa    --train train,val --valid testdev
@@ -80,14 +82,14 @@ def run(args: argparse.Namespace) -> int:
     from workflows.commands.training_options import quiet_dask, read_options_file, train_config
 
     quiet_dask(args)
-    from pipeline.finetune.stage import STAGE_RECORD, prepare_finetune, task_class
+    from pipeline.finetune.stage import STAGE_RECORD, default_recipe, prepare_finetune
     from pipeline.training import RunDir
     from workflows.train import run_training
 
     file_options = read_options_file(args.config)
     options = finetune_options(args, file_options)
-    config = train_config(args, task_class(options.task).recipe, file_options)
     task = prepare_finetune(options, args.out, resume=args.resume)
+    config = train_config(args, default_recipe(task), file_options)
     init = task.record["init"]
     if init.get("answers_total") is not None:
         print(f"init: {init['answers_matched']} of {init['answers_total']} answers matched by name "
