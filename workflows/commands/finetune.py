@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answers", metavar="FILE",
                         help="answer vocabulary (label2ans list, ans2label map or all_ans.json); default: the "
                              "reference rule (VQA: answers of >= 9 questions over train+valid; GQA: train answers)")
-    parser.add_argument("--answer-min-count", type=int, help="VQA rule's minimum question count (default 9)")
+    parser.add_argument("--answer-min-count", type=int, metavar="N",
+                        help="VQA rule's minimum question count (default 9)")
     parser.add_argument("--init-answers", metavar="FILE",
                         help="the answer names of an original checkpoint's head (LXMERT's all_ans.json)")
     parser.add_argument("--loss", choices=("bce", "ce"),
@@ -89,14 +90,16 @@ def run(args: argparse.Namespace) -> int:
     file_options = read_options_file(args.config)
     options = finetune_options(args, file_options)
     task = prepare_finetune(options, args.out, resume=args.resume)
-    config = train_config(args, default_recipe(task), file_options)
+    run_dir = RunDir(args.out)
+    # a resumed run keeps its recorded settings unless flags change them (e.g. more --steps)
+    defaults = run_dir.read_config().get("train") if args.resume and run_dir.has_run() else None
+    config = train_config(args, defaults or default_recipe(task), file_options)
     init = task.record["init"]
     if init.get("answers_total") is not None:
         print(f"init: {init['answers_matched']} of {init['answers_total']} answers matched by name "
               f"in {init['path']}", file=sys.stderr)
     result = run_training(task, config, args.out, workers=args.workers, scheduler=args.scheduler,
                           resume=args.resume, extra_config=STAGE_RECORD)
-    run_dir = RunDir(args.out)
     best = run_dir.best_record()
     print(f"{options.task}: {result['step']} steps; final model {result['final_dir']}", file=sys.stderr)
     if best is not None:
