@@ -6,6 +6,7 @@ and one-line errors."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from model import load_pretrained
 from pipeline.errors import PipelineError, UsageError
 from pipeline.features import FeatureStore
 from pipeline.finetune import FinetuneOptions, finetune, prepare_finetune
-from pipeline.finetune.splits import read_vqa_split
+from pipeline.finetune.splits import read_nlvr2_split, read_vqa_split
 from pipeline.inputs.text import load_run_tokenizer
 from pipeline.readers.answers import AnswerVocab
 from pipeline.synth.oracle import write_oracle_store
@@ -291,3 +292,28 @@ def test_model_overrides_size_a_network_from_scratch(tmp_path, world):
         prepare_finetune(options(world, "vqa", init=str(pre), preset=None, model={"hidden_size": 48}), tmp_path / "b")
     with pytest.raises(UsageError, match="unknown model preset 'huge'"):
         prepare_finetune(options(world, "vqa", preset="huge"), tmp_path / "c")
+
+
+def test_lxmert_preprocessed_json_splits_are_read_where_the_official_files_are_absent(tmp_path, world):
+    from pipeline.readers.lxmert_json import write_task_json
+    from pipeline.readers.records import NLVR2TaskExample, TaskExample
+
+    data, store = world
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    val = read_vqa_split(data, "val2014")
+    (root / "lxmert" / "vqa").mkdir(parents=True)
+    write_task_json(root / "lxmert" / "vqa" / "minival.json",
+                    [TaskExample(q.question_id, q.image_id, q.sentence, q.scores) for q in val[:20]])
+    task = prepare_finetune(FinetuneOptions("vqa", str(store), str(root), preset="tiny", valid_split="minival"),
+                            tmp_path / "run")
+    assert task.record["valid_examples"] == 20 and task.examples(["minival"])[3].scores == val[3].scores
+    nlvr2 = read_nlvr2_split(data, "dev")
+    (root / "lxmert" / "nlvr2").mkdir()
+    write_task_json(root / "lxmert" / "nlvr2" / "valid.json",
+                    [NLVR2TaskExample(e.identifier, e.sentence, e.left_image_id, e.right_image_id, e.label,
+                                      f"nlvr2_valid_{i}") for i, e in enumerate(nlvr2)])
+    assert read_nlvr2_split(root, "valid") == nlvr2
+    with pytest.raises(PipelineError, match="holds question entries, not nlvr2 ones"):
+        (root / "lxmert" / "nlvr2" / "wrong.json").write_text((root / "lxmert" / "vqa" / "minival.json").read_text())
+        read_nlvr2_split(root, "wrong")
