@@ -355,3 +355,12 @@ def test_gqa_questions_from_a_folder_of_chunks(tmp_path):
     write(folder / "train_all_questions_3.json", {"002": {"question": "again?", "imageId": "1"}})
     with pytest.raises(PipelineError, match="002: also in an earlier chunk"):
         read_gqa_questions(root.gqa_questions("train", balanced=False))
+
+
+def test_task_json_round_trip_without_optional_fields(tmp_path):
+    from pipeline.readers.records import NLVR2TaskExample
+
+    unlabelled = [NLVR2TaskExample(identifier="test1-0-0-0", sent="Two stars.", left_image_id="test1-0-0-img0",
+                                   right_image_id="test1-0-0-img1")]
+    write_task_json(tmp_path / "test.json", unlabelled)
+    assert read_task_json(tmp_path / "test.json") == unlabelled

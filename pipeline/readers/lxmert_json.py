@@ -75,8 +75,12 @@ def write_task_json(path: str | os.PathLike, examples: list[TaskExample] | list[
     rows = []
     for x in examples:
         if isinstance(x, NLVR2TaskExample):
-            row = {"identifier": x.identifier, "img0": x.left_image_id, "img1": x.right_image_id,
-                   "label": x.label, "sent": x.sent, "uid": x.uid}
+            row = {"identifier": x.identifier, "img0": x.left_image_id, "img1": x.right_image_id, "sent": x.sent}
+            # absent rather than null: the reference's test files carry neither label nor uid
+            if x.label is not None:
+                row["label"] = x.label
+            if x.uid is not None:
+                row["uid"] = x.uid
         else:
             row = {"img_id": x.image_id, "question_id": x.question_id, "sent": x.sent}
             if x.label is not None:
