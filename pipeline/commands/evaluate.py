@@ -55,24 +55,23 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.evaluation.results_table import format_table
     from pipeline.evaluation.split_files import locate
 
-    locate(args.data, args.task, args.split)  # a wrong split fails before reading or predicting anything
     if args.predictions:
         if args.features or args.checkpoint:
             raise UsageError("--features and --checkpoint choose how a --run predicts; not with --predictions")
         if not args.out:
             raise UsageError("--out DIR is required with --predictions")
+        locate(args.data, args.task, args.split)  # a wrong split fails before reading anything
         predictions = read_predictions(args.task, args.predictions)
         evaluation = evaluate_predictions(args.task, predictions.answers, args.data, args.split,
                                           strict=args.strict, vqa_version=args.vqa_eval,
                                           duplicates=predictions.duplicates, source=args.predictions)
+        results_path, submission_path = write_evaluation(evaluation, args.out)
     else:
-        from pipeline.evaluation.run_predictions import predict_run
+        from pipeline.evaluation.run_predictions import evaluate_run
         options = {k: v for k, v in (("features", args.features), ("checkpoint", args.checkpoint)) if v}
-        answers = predict_run(args.run, args.data, args.split, args.task, **options)
-        evaluation = evaluate_predictions(args.task, answers, args.data, args.split, strict=args.strict,
-                                          vqa_version=args.vqa_eval, source=args.run)
-    out = Path(args.out or args.run)
-    results_path, submission_path = write_evaluation(evaluation, out)
+        evaluation, results_path, submission_path = evaluate_run(
+            args.run, args.data, args.split, args.task, out=args.out, strict=args.strict,
+            vqa_version=args.vqa_eval, **options)
     print(format_table(results_record(evaluation, submission_path)))
     print(f"results: {results_path}", file=sys.stderr)
     return 0

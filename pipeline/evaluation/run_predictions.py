@@ -50,3 +50,19 @@ def predict_run(run: str | os.PathLike, data: str | os.PathLike, split: str, tas
     if run_task != task:
         raise PipelineError(f"this run was fine-tuned for {run_task}, not {task}", run)
     return dict(answers)
+
+
+def evaluate_run(run: str | os.PathLike, data: str | os.PathLike, split: str, task: str, *,
+                 out: str | os.PathLike | None = None, strict: bool = False, vqa_version: str = "2021",
+                 **options):
+    """Predict `split` with a fine-tuned run and score it; results.json and the submission
+    file go to `out` (default: the run). -> (Evaluation, results path, submission path)."""
+    from pipeline.evaluation.evaluate import evaluate_predictions, write_evaluation
+    from pipeline.evaluation.split_files import locate
+
+    locate(data, task, split)  # a wrong split fails before anything is predicted
+    answers = predict_run(run, data, split, task, **options)
+    evaluation = evaluate_predictions(task, answers, data, split, strict=strict, vqa_version=vqa_version,
+                                      source=str(run))
+    results_path, submission_path = write_evaluation(evaluation, Path(out or run))
+    return evaluation, results_path, submission_path

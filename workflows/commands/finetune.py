@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 HELP = "fine-tune LXMERT on VQA v2, GQA or NLVR2 (from a pretraining run, a checkpoint, or from scratch)"
@@ -80,29 +81,22 @@ def finetune_options(args: argparse.Namespace, file_options: dict):
 
 
 def run(args: argparse.Namespace) -> int:
-    from workflows.commands.training_options import quiet_dask, read_options_file, train_config
+    from workflows.commands.training_options import flag_train_settings, quiet_dask, read_options_file
 
     quiet_dask(args)
-    from pipeline.finetune.stage import STAGE_RECORD, default_recipe, prepare_finetune
-    from pipeline.training import RunDir
-    from workflows.train import run_training
+    from workflows.stages import finetune_stage
 
     file_options = read_options_file(args.config)
     options = finetune_options(args, file_options)
-    task = prepare_finetune(options, args.out, resume=args.resume)
-    run_dir = RunDir(args.out)
-    # a resumed run keeps its recorded settings unless flags change them (e.g. more --steps)
-    defaults = run_dir.read_config().get("train") if args.resume and run_dir.has_run() else None
-    config = train_config(args, defaults or default_recipe(task), file_options)
-    init = task.record["init"]
+    result = finetune_stage(options, args.out, train_layers=(file_options["train"], flag_train_settings(args)),
+                            resume=args.resume, workers=args.workers, scheduler=args.scheduler)
+    init = result["init"]
     if init.get("answers_total") is not None:
         print(f"init: {init['answers_matched']} of {init['answers_total']} answers matched by name "
               f"in {init['path']}", file=sys.stderr)
-    result = run_training(task, config, args.out, workers=args.workers, scheduler=args.scheduler,
-                          resume=args.resume, extra_config=STAGE_RECORD)
-    best = run_dir.best_record()
     print(f"{options.task}: {result['step']} steps; final model {result['final_dir']}", file=sys.stderr)
+    best = result["best"]
     if best is not None:
         print(f"best validation {best['metric']} {best['value']:.2f} at step {best['step']}: "
-              f"{run_dir.path / 'best'}", file=sys.stderr)
+              f"{os.path.join(args.out, 'best')}", file=sys.stderr)
     return 0

@@ -65,12 +65,17 @@ def read_options_file(path: str | None) -> dict[str, Any]:
     return data
 
 
-def train_config(args: argparse.Namespace, recipe: dict[str, Any], file_options: dict[str, Any]):
-    """`TrainConfig` from the recipe, then the options file's `train:`, then the flags."""
+def flag_train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The `TrainConfig` fields set by flags on the command line."""
     flags = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "no_progress", False):
         flags["progress"] = False
-    return merged_train_config(recipe, file_options.get("train", {}), flags)
+    return flags
+
+
+def train_config(args: argparse.Namespace, recipe: dict[str, Any], file_options: dict[str, Any]):
+    """`TrainConfig` from the recipe, then the options file's `train:`, then the flags."""
+    return merged_train_config(recipe, file_options.get("train", {}), flag_train_settings(args))
 
 
 def merged_train_config(*layers: dict[str, Any]):
