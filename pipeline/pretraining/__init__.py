@@ -1,1 +1,16 @@
-"""LXMERT pretraining data and task (in progress: the masking rules are here so far)."""
+"""LXMERT pretraining: masked LM, cross-modality matching, masked objects and image QA.
+
+- `masking.py`: the reference's masking rules, vectorised over a batch.
+- `examples.py`: (image, sentence) pairs of a data root, tokenised and saved in the run.
+- `data.py`: `PretrainingData`, the loop's `BatchSource` (examples + feature store -> batch).
+- `task.py`: `PretrainTask`, the `TrainTask` of the one training loop.
+- `options.py`, `recipe.py`: the task's options (reference quirks) and default training settings.
+- `stage.py`: `prepare_pretraining` and `pretrain`, the stage in one process.
+"""
+
+from pipeline.pretraining.options import TASKS, PretrainOptions
+from pipeline.pretraining.recipe import recipe
+from pipeline.pretraining.stage import prepare_pretraining, pretrain, resumed_task
+from pipeline.pretraining.task import PretrainTask
+
+__all__ = ["TASKS", "PretrainOptions", "PretrainTask", "prepare_pretraining", "pretrain", "recipe", "resumed_task"]

@@ -1,0 +1,110 @@
+"""`PretrainingData`: the `BatchSource` of pretraining (examples of the run + regions of the store).
+
+`make_batch(indices, rng, epoch)` applies the rules of reference/lxmert.md §1.6 to a whole
+batch, drawing every random number from `rng` (the loop seeds it per batch, so a batch is the
+same in any process, worker or resumed run), in this order:
+
+1. cross-modality matching: with p = `mismatch_rate` a row takes the sentence of a random
+   example of another image (only when the matched task is on, as in the reference);
+2. masked LM on every WordPiece of the (possibly swapped) sentence;
+3. masked objects on the real boxes (80% zeroed / 10% another image's RoI / 10% kept);
+4. the QA answer, sampled by soft score, for matched rows with a label (from `qa_from_epoch`).
+
+Pickling carries paths only: each process memory-maps the examples and the store itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.inputs.visual import read_visual
+from pipeline.pretraining.examples import ExampleTable
+from pipeline.pretraining.masking import IGNORE, mask_objects, mask_tokens, mismatch, sample_answers
+from pipeline.pretraining.options import PretrainOptions
+
+
+class PretrainingData:
+    def __init__(self, examples_dir: str, features_dir: str, options: PretrainOptions, *, vocab_size: int,
+                 special_ids: dict[str, int], num_answers: int, answer_scores: bool = False):
+        self.examples_dir, self.features_dir = str(examples_dir), str(features_dir)
+        self.options = options
+        self.vocab_size = vocab_size
+        self.pad_id, self.cls_id, self.sep_id, self.mask_id = (special_ids[k] for k in ("pad", "cls", "sep", "mask"))
+        self.num_answers = num_answers
+        # validation also returns every row's answer -> score table, for the QA accuracy
+        self.answer_scores = answer_scores
+        self._table: ExampleTable | None = None
+        self._store = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_table": None, "_store": None}
+
+    @property
+    def table(self) -> ExampleTable:
+        if self._table is None:
+            self._table = ExampleTable.load(self.examples_dir)
+        return self._table
+
+    @property
+    def store(self):
+        if self._store is None:
+            from pipeline.features import FeatureStore
+            self._store = FeatureStore(self.features_dir)
+        return self._store
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def make_batch(self, indices: np.ndarray, rng: np.random.Generator, epoch: int) -> dict[str, Any]:
+        t, opts = self.table, self.options
+        rows = np.asarray(indices, np.int64)
+        images = t.image_index[rows].astype(np.int64)
+
+        if "matched" in opts.tasks:
+            swapped_from, matched = mismatch(images, rng, pool_images=t.image_index, rate=opts.mismatch_rate)
+            text_rows = np.where(swapped_from >= 0, swapped_from, rows)
+        else:
+            matched, text_rows = np.ones(len(rows), np.int64), rows
+        ids = t.input_ids[text_rows].astype(np.int64)
+        attention_mask = (ids != self.pad_id).astype(np.int64)
+
+        if "mlm" in opts.tasks:
+            maskable = (ids != self.pad_id) & (ids != self.cls_id) & (ids != self.sep_id)
+            input_ids, mlm_labels = mask_tokens(ids, maskable, rng, vocab_size=self.vocab_size,
+                                                mask_id=self.mask_id, rate=opts.word_mask_rate)
+        else:
+            input_ids, mlm_labels = ids, np.full_like(ids, IGNORE)
+
+        visual = read_visual(self.store, [t.image_ids[i] for i in images])
+        if {"obj", "attr", "feat"} & set(opts.tasks):
+            features, feat_mask = mask_objects(visual.features, visual.mask > 0, rng, rate=opts.obj_mask_rate)
+        else:
+            features, feat_mask = visual.features, np.zeros_like(visual.mask)
+
+        labels = t.labels(rows)
+        if "qa" in opts.tasks and epoch >= opts.qa_from_epoch:
+            ans = sample_answers(labels, matched, rng)
+        else:
+            ans = np.full(len(rows), IGNORE, np.int64)
+
+        batch = {
+            "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(ids),
+            "visual_feats": features, "visual_pos": visual.boxes,
+            "labels": mlm_labels, "matched_label": matched, "ans": ans,
+            "obj_ids": visual.objects_id, "obj_conf": visual.objects_conf,
+            "attr_ids": visual.attrs_id, "attr_conf": visual.attrs_conf,
+            "feat_targets": visual.features, "feat_mask": feat_mask,
+            "source": t.source[rows].astype(np.int64),
+        }
+        if visual.padded:   # only padding needs a visual mask (the reference's 36 boxes never do)
+            batch["visual_attention_mask"] = visual.mask
+        if self.answer_scores:
+            scores = np.zeros((len(rows), self.num_answers), np.float32)
+            for i, label in enumerate(labels):
+                for a, s in (label or {}).items():
+                    scores[i, a] = s
+            batch["answer_scores"] = scores
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}

@@ -1,0 +1,95 @@
+"""`PretrainOptions`: the pretraining task's own settings (the loop's are `TrainConfig`).
+
+Defaults are the reference behaviour (reference/lxmert.md §1.5-1.6, quirks §1.10); each quirk
+has a documented alternative:
+
+- `visual_label_loss_scope`: "all" = obj/attr CE on every object weighted by the detector's
+  confidence (the reference, Q2); "masked" = only on the objects whose feature was masked.
+- `visual_loss_normalizer`: every visual loss is a mean over all B*N objects times this
+  (the reference's 1/0.15); 1.0 gives the plain mean.
+- `qa_from_epoch`: epochs trained without the QA loss first (0 = this code's single stage;
+  the paper's schedule is 10 epochs without QA, then 10 with: `qa_from_epoch=10`).
+- `qa_weight`: the QA loss's weight in the total (the EMNLP code used 2 in its second stage).
+
+They are recorded in RUN/config.yaml under `task_options.options` and read back from a
+`--config` file's `task:` section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.configuration_lxmert import REFERENCE_VISUAL_LOSS_NORMALIZER, VISUAL_LABEL_LOSS_SCOPES
+
+# the pretraining losses, named as the model's `loss_per_task`
+TASKS = ("mlm", "matched", "obj", "attr", "feat", "qa")
+# LXMERT json source names (mscoco/vg captions; vqa/gqa/visual7w QA) plus this project's
+# name for Visual Genome QA read from question_answers.json
+SOURCES = ("mscoco", "vg", "vqa", "gqa", "vgqa", "visual7w")
+
+
+@dataclass
+class PretrainOptions:
+    sources: list[str] | None = None      # sentence sources used; None = every source found
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    word_mask_rate: float = 0.15
+    obj_mask_rate: float = 0.15
+    mismatch_rate: float = 0.5
+    visual_label_loss_scope: str = "all"
+    visual_loss_normalizer: float = REFERENCE_VISUAL_LOSS_NORMALIZER
+    qa_from_epoch: int = 0
+    qa_weight: float = 1.0
+    max_answers: int = 9500               # the pretraining answer table keeps the most frequent answers
+    val_max_images: int | None = 5000     # the reference validates on 5000 images of minival
+    model: dict[str, Any] = field(default_factory=dict)   # LxmertConfig overrides of the preset
+
+    def __post_init__(self) -> None:
+        if self.sources is not None:
+            self.sources = list(self.sources)
+            if not self.sources:
+                raise ValueError("sources: give at least one sentence source")
+        self.tasks = list(self.tasks)
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}, got {self.tasks}")
+        for name in ("word_mask_rate", "obj_mask_rate", "mismatch_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.visual_label_loss_scope not in VISUAL_LABEL_LOSS_SCOPES:
+            raise ValueError(f"visual_label_loss_scope must be one of {VISUAL_LABEL_LOSS_SCOPES}, "
+                             f"got {self.visual_label_loss_scope!r}")
+        if self.visual_loss_normalizer <= 0:
+            raise ValueError(f"visual_loss_normalizer must be positive, got {self.visual_loss_normalizer}")
+        if self.qa_from_epoch < 0 or self.qa_weight < 0:
+            raise ValueError("qa_from_epoch and qa_weight must not be negative")
+        if self.max_answers < 1:
+            raise ValueError(f"max_answers must be at least 1, got {self.max_answers}")
+        if self.visual_label_loss_scope == "masked" and "feat" not in self.tasks:
+            raise ValueError("visual_label_loss_scope 'masked' needs the feat task (its mask)")
+
+    def model_flags(self) -> dict[str, Any]:
+        """The `LxmertConfig` fields these options decide."""
+        visual = [t for t in ("obj", "attr", "feat") if t in self.tasks]
+        return dict(task_mask_lm="mlm" in self.tasks, task_matched="matched" in self.tasks,
+                    task_obj_predict=bool(visual), task_qa="qa" in self.tasks,
+                    visual_obj_loss="obj" in self.tasks, visual_attr_loss="attr" in self.tasks,
+                    visual_feat_loss="feat" in self.tasks,
+                    visual_label_loss_scope=self.visual_label_loss_scope,
+                    visual_loss_normalizer=self.visual_loss_normalizer)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PretrainOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown pretraining options {unknown}; known: {sorted(names)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "PretrainOptions":
+        return dataclasses.replace(self, **changes)

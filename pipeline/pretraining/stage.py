@@ -1,0 +1,180 @@
+"""The pretraining stage in one process: prepare the run, then the one training loop.
+
+    task, summary = prepare_pretraining(features, data, out, preset="demo")
+    result = pretrain(features, data, out, TrainConfig(**recipe("demo")))   # no Dask needed
+
+`prepare_pretraining` does, in order (cheap checks first, so a bad call fails in a second):
+the output directory is writable and not another run; the store opens and fits the model
+preset; the data root has usable examples (annotations of images missing from the store
+are counted, not errors); then the run's tokenizer (given or learnt), the answer table
+(RUN/answers.json) and the examples (RUN/data/) are written. On `--resume` the run's own
+recorded task is rebuilt instead, and only the store is checked against it.
+`workflows/train.py::run_training` runs the returned task on Dask (1 worker or DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from model.configuration_lxmert import LxmertConfig
+from pipeline.errors import PipelineError
+from pipeline.inputs import check_store_fits, config_for_store, run_tokenizer
+from pipeline.pretraining.examples import (ExampleCounts, answer_table, build_examples, read_entries, source_names,
+                                           usable_entries)
+from pipeline.pretraining.options import PretrainOptions
+from pipeline.pretraining.task import ANSWERS, DATA_DIR, PretrainTask
+from pipeline.readers.answers import AnswerVocab
+from pipeline.training import RunDir, TrainConfig, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+
+def open_run(out: str | os.PathLike, resume: bool) -> RunDir:
+    run = RunDir(out)
+    run.check_writable()
+    if run.has_run() and not resume:
+        raise PipelineError("already holds a training run (config.yaml); pass --resume to continue it "
+                            "or choose another --out", run.path)
+    return run
+
+
+def _open_store(features: str | os.PathLike):
+    from pipeline.features import FeatureStore
+    return FeatureStore(features)
+
+
+def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
+                        preset: str = "base", options: PretrainOptions | None = None,
+                        vocab: str | os.PathLike | None = None, answers: str | os.PathLike | None = None,
+                        resume: bool = False) -> tuple[PretrainTask, dict[str, Any]]:
+    """The task to train and a summary of its data (for config.yaml and the user)."""
+    run = open_run(out, resume)
+    if resume and run.has_run():
+        return resumed_task(run, features), {}
+    options = options or PretrainOptions()
+    features, data = str(Path(features).resolve()), str(Path(data).resolve())
+    store = _open_store(features)
+    meta = store.metadata
+    # the visual sizes do not depend on the vocabulary: check them before any slow step
+    check_store_fits(_model_config(meta, preset, options, vocab_size=8), meta, features)
+
+    entries = read_entries(data, "train")
+    if not entries:
+        raise PipelineError("no pretraining annotations (COCO captions, VQA, VG, GQA or LXMERT's "
+                            "lxmert/mscoco_train.json)", data)
+    sources = source_names(entries, options.sources)
+    if not sources:
+        raise PipelineError(f"none of the sentence sources {options.sources} is in the data "
+                            f"(found: {', '.join(source_names(entries, None))})", data)
+    usable, counts = usable_entries(entries, store.__contains__, sources)
+    if not usable:
+        raise PipelineError(f"no usable pretraining examples: none of the {counts.missing_images} images of the "
+                            f"annotations is in the feature store {features}", data)
+
+    tokenizer = run_tokenizer(run.path, vocab=vocab, corpus=lambda: (
+        s for e in usable for src in sources for s in e.sentf.get(src, ())))
+    answer_vocab = None
+    if "qa" in options.tasks:
+        qa_sources = [s for s in sources if any(s in e.labelf for e in usable)]
+        answer_vocab = AnswerVocab.load(answers) if answers else answer_table(usable, qa_sources, options.max_answers)
+        if not len(answer_vocab):
+            log.warning("no QA answers among the sources %s: pretraining without the QA task", sources)
+            options = options.replace(tasks=[t for t in options.tasks if t != "qa"])
+            answer_vocab = None
+    if answer_vocab is not None:
+        answer_vocab.save(run.path / ANSWERS)
+
+    summary = {"sources": sources, "train": _write_split(run, "train", usable, sources, tokenizer, answer_vocab, counts)}
+    valid = read_entries(data, "valid")
+    shutil.rmtree(run.path / DATA_DIR / "valid", ignore_errors=True)
+    if valid:
+        usable_valid, valid_counts = usable_entries(valid, store.__contains__, sources, options.val_max_images)
+        if usable_valid:
+            summary["valid"] = _write_split(run, "valid", usable_valid, sources, tokenizer, answer_vocab,
+                                            valid_counts)
+    if "valid" not in summary:
+        log.warning("%s: no validation split with features (COCO val2014 captions or lxmert/mscoco_minival.json)",
+                    data)
+
+    qa = dict(num_qa_labels=len(answer_vocab), answers=answer_vocab.answers) if answer_vocab else {}
+    config = _model_config(meta, preset, options, vocab_size=tokenizer.vocab_size, **qa)
+    check_store_fits(config, meta, features)
+    specials = {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
+    task = PretrainTask(run_path=str(run.path), features=features, data=data, preset=preset,
+                        model_config=config.to_dict(), special_ids=specials, options=options)
+    return task, summary
+
+
+def _model_config(meta, preset: str, options: PretrainOptions, *, vocab_size: int, **sizes: Any) -> LxmertConfig:
+    """The preset with the store's visual sizes, the task switches, then the user's `model:` overrides."""
+    overrides = {**sizes, **options.model_flags(), **options.model}
+    overrides.pop("vocab_size", None)   # always the tokenizer's
+    return config_for_store(meta, preset, vocab_size=vocab_size, **overrides)
+
+
+def _write_split(run: RunDir, split: str, entries, sources, tokenizer, answers, counts: ExampleCounts) -> dict:
+    table = build_examples(entries, sources, tokenizer, answers, counts)
+    table.save(run.path / DATA_DIR / split, counts)
+    skipped = (f"; {counts.missing_sentences} sentences of {counts.missing_images} images skipped: "
+               f"not in the feature store" if counts.missing_images else "")
+    log.info("pretraining %s: %d examples of %d images (%s), %d with a QA answer%s", split, counts.examples,
+             counts.images, ", ".join(f"{s} {n}" for s, n in counts.by_source.items()), counts.qa_examples, skipped)
+    return counts.to_dict()
+
+
+def resumed_task(run: RunDir, features: str | os.PathLike | None = None) -> PretrainTask:
+    """The task recorded in a run's config.yaml; `features` replaces its store (e.g. moved),
+    which must still fit the model."""
+    record = run.read_config()
+    if not isinstance(record, dict) or record.get("task") != "pretrain":
+        raise PipelineError("not a pretraining run", run.path / "config.yaml")
+    answers_path = run.path / ANSWERS
+    answers = json.loads(answers_path.read_text(encoding="utf-8")) if answers_path.is_file() else None
+    try:
+        task = PretrainTask.from_description(str(run.path), record["task_options"], answers)
+    except (KeyError, TypeError, ValueError) as err:
+        raise PipelineError(f"the recorded pretraining task is incomplete ({err})", run.path / "config.yaml") from None
+    if features is not None:
+        task.features = str(Path(features).resolve())
+    check_store_fits(task.config, _open_store(task.features).metadata, task.features)
+    return task
+
+
+def recorded_train_config(run: RunDir) -> dict[str, Any]:
+    """The `train:` settings of an existing run (a resumed run keeps its schedule)."""
+    return dict(run.read_config().get("train") or {})
+
+
+def run_record(task: PretrainTask, config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """config.yaml of a run started without Dask (the same keys as workflows.train.prepare_run)."""
+    import torch
+
+    import pipeline
+
+    return {"task": task.name, "task_options": task.describe(), "train": config.to_dict(), "data_summary": summary,
+            "versions": {"lxmert_pipeline": pipeline.__version__, "torch": str(torch.__version__),
+                         "python": platform.python_version()}}
+
+
+def pretrain(features: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig, *,
+             preset: str = "base", options: PretrainOptions | None = None, vocab: str | os.PathLike | None = None,
+             answers: str | os.PathLike | None = None, resume: bool = False,
+             stop_after: int | None = None) -> TrainResult:
+    """Pretrain in this process (no Dask); the run lands in `out`, the model in `out/final/`."""
+    task, summary = prepare_pretraining(features, data, out, preset=preset, options=options, vocab=vocab,
+                                        answers=answers, resume=resume)
+    run = RunDir(out)
+    if not run.has_run():
+        run.write_config(run_record(task, config, summary))
+    run.remove_stale()
+    return train(task, config, run, resume=resume, stop_after=stop_after)
+
+
+def model_preset_names() -> list[str]:
+    return sorted(LxmertConfig.PRESETS)

@@ -1,0 +1,145 @@
+"""`PretrainTask`: LXMERT's five pretraining tasks as a `TrainTask` of the one training loop.
+
+The task is small and picklable (paths, options, the model config): it is shipped to every
+Dask worker, which memory-maps the run's prepared examples and the feature store itself.
+Everything it reads was prepared by `stage.prepare_pretraining` inside the run directory:
+
+    RUN/tokenizer/        the run's WordPiece vocabulary
+    RUN/answers.json      the pretraining answer table, in QA-head order
+    RUN/data/train/, RUN/data/valid/   the examples (examples.py)
+
+Every checkpoint directory (and RUN/final/) is self-contained: `model.safetensors` +
+`config.json` (LxmertForPreTraining, `id2label` = the answer table) and the tokenizer files,
+so `model.load_pretrained(RUN/final, LxmertForQuestionAnswering, answers=[...])` and
+`pipeline.inputs.text.load_run_tokenizer(RUN)` are all a fine-tuning run needs.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from model import LxmertConfig, LxmertForPreTraining, save_pretrained
+from model.tokenizer import TOKENIZER_NAME, VOCAB_NAME
+from pipeline.inputs.text import TOKENIZER_DIR
+from pipeline.pretraining.data import PretrainingData
+from pipeline.pretraining.examples import is_complete
+from pipeline.pretraining.masking import IGNORE
+from pipeline.pretraining.options import TASKS, PretrainOptions
+
+ANSWERS = "answers.json"
+DATA_DIR = "data"
+
+
+@dataclass
+class PretrainTask:
+    run_path: str
+    features: str
+    data: str
+    preset: str
+    model_config: dict[str, Any]          # LxmertConfig.to_dict(), answers included
+    special_ids: dict[str, int]           # pad, cls, sep, mask of the run's tokenizer
+    options: PretrainOptions = field(default_factory=PretrainOptions)
+    name: str = "pretrain"
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        # a switched-off task leaves its head (e.g. the matching classifier) without gradient
+        return set(self.options.tasks) != set(TASKS)
+
+    @property
+    def config(self) -> LxmertConfig:
+        return LxmertConfig.from_dict(self.model_config)
+
+    # ---- model and data ------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        return LxmertForPreTraining(self.config)
+
+    def _data(self, split: str, answer_scores: bool, options: PretrainOptions) -> PretrainingData:
+        return PretrainingData(str(Path(self.run_path) / DATA_DIR / split), self.features, options,
+                               vocab_size=self.model_config["vocab_size"], special_ids=self.special_ids,
+                               num_answers=self.model_config["num_qa_labels"], answer_scores=answer_scores)
+
+    def train_data(self) -> PretrainingData:
+        return self._data("train", False, self.options)
+
+    def val_data(self) -> PretrainingData | None:
+        if not is_complete(Path(self.run_path) / DATA_DIR / "valid"):
+            return None
+        # validation scores every task, QA included before `qa_from_epoch`, so its curves
+        # are comparable across the whole run
+        data = self._data("valid", True, self.options.replace(qa_from_epoch=0))
+        return data if len(data) else None
+
+    # ---- losses --------------------------------------------------------------------------
+    def _forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        weights = {"qa": self.options.qa_weight} if self.options.qa_weight != 1.0 else None
+        return model(input_ids=batch["input_ids"], visual_feats=batch["visual_feats"],
+                     visual_pos=batch["visual_pos"], attention_mask=batch["attention_mask"],
+                     visual_attention_mask=batch.get("visual_attention_mask"),
+                     token_type_ids=batch["token_type_ids"], labels=batch["labels"],
+                     obj_labels={"obj": (batch["obj_ids"], batch["obj_conf"]),
+                                 "attr": (batch["attr_ids"], batch["attr_conf"]),
+                                 "feat": (batch["feat_targets"], batch["feat_mask"])},
+                     matched_label=batch["matched_label"], ans=batch["ans"], loss_weights=weights)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any], epoch: int):
+        out = self._forward(model, batch)
+        return out.loss, {k: out.loss_per_task[k] for k in self.options.tasks}
+
+    def validate(self, model: torch.nn.Module, batches: Iterable[dict[str, Any]], epoch: int) -> dict[str, float]:
+        """Per-task losses (means over rows) and the QA accuracy: the soft score of the
+        predicted answer (VQA-style; exact match for GQA-style labels), overall and per source."""
+        sources = self._data("valid", True, self.options).table.sources
+        sums: dict[str, float] = collections.defaultdict(float)
+        scored: dict[str, float] = collections.defaultdict(float)
+        asked: dict[str, int] = collections.defaultdict(int)
+        rows = 0
+        for batch in batches:
+            out = self._forward(model, batch)
+            b = len(batch["ans"])
+            rows += b
+            sums["loss"] += float(out.loss) * b
+            for k in self.options.tasks:
+                sums[k] += float(out.loss_per_task[k]) * b
+            if out.qa_logits is None:
+                continue
+            labelled = batch["ans"] != IGNORE
+            # the model ran the QA head on the labelled rows only (CPU) or on all rows
+            logits = out.qa_logits[labelled] if out.qa_logits.shape[0] == b else out.qa_logits
+            score = batch["answer_scores"][labelled].gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
+            for src, s in zip(batch["source"][labelled].tolist(), score.tolist()):
+                scored[sources[src]] += s
+                asked[sources[src]] += 1
+        metrics = {k: v / max(rows, 1) for k, v in sums.items()}
+        if asked:
+            metrics["qa_accuracy"] = sum(scored.values()) / sum(asked.values())
+            metrics.update({f"qa_accuracy_{s}": scored[s] / asked[s] for s in sorted(asked)})
+        return metrics
+
+    # ---- outputs -------------------------------------------------------------------------
+    def save_model(self, model: torch.nn.Module, directory: Path) -> None:
+        save_pretrained(model, directory)
+        tokenizer = Path(self.run_path) / TOKENIZER_DIR
+        for name in (VOCAB_NAME, TOKENIZER_NAME):
+            if (tokenizer / name).is_file():
+                shutil.copyfile(tokenizer / name, Path(directory) / name)
+
+    def describe(self) -> dict[str, Any]:
+        model = {k: v for k, v in self.model_config.items() if k != "answers"}
+        return {"features": self.features, "data": self.data, "preset": self.preset,
+                "options": self.options.to_dict(), "model": model, "answers": ANSWERS,
+                "special_ids": dict(self.special_ids)}
+
+    @classmethod
+    def from_description(cls, run_path: str, described: dict[str, Any], answers: list[str]) -> "PretrainTask":
+        """The task of an existing run (config.yaml's `task_options`), for --resume."""
+        model = dict(described["model"], answers=answers)
+        return cls(run_path=str(run_path), features=described["features"], data=described["data"],
+                   preset=described["preset"], model_config=model, special_ids=dict(described["special_ids"]),
+                   options=PretrainOptions.from_dict(described["options"]))
