@@ -49,3 +49,39 @@ def finetune_stage(options, out: str | os.PathLike, *, train_layers: Sequence[di
     result = _train(task, config, out, resume=resume, extra=STAGE_RECORD, workers=workers, scheduler=scheduler,
                     client=client, in_process=in_process)
     return {**result, "init": task.record["init"], "best": RunDir(out).best_record()}
+
+
+def pretrain_stage(features: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
+                   preset: str = "base", options=None, vocab: str | os.PathLike | None = None,
+                   answers: str | os.PathLike | None = None, train_layers: Sequence[dict[str, Any]] = (),
+                   resume: bool = False, workers: int | None = None, scheduler: str | None = None,
+                   client=None) -> dict[str, Any]:
+    """Pretrain on the store `features` and data root `data` into `out`. `options`: a
+    `PretrainOptions` or its dict (ignored on resume: the run's recorded task is rebuilt).
+    Returns the loop's result with `summary` (examples per split, images missing from the store)
+    and `tasks` (the pretraining tasks trained)."""
+    from pipeline.errors import UsageError
+    from pipeline.pretraining.options import PretrainOptions
+    from pipeline.pretraining.recipe import recipe
+    from pipeline.pretraining.stage import model_preset_names, open_run, prepare_pretraining, recorded_train_config
+    from workflows.commands.training_options import merged_train_config
+
+    run = open_run(out, resume)
+    if resume and run.has_run():
+        defaults, options = recorded_train_config(run), None
+    else:
+        if preset not in model_preset_names():
+            raise UsageError(f"unknown model preset {preset!r}; choose from {', '.join(model_preset_names())}")
+        device = next((layer["device"] for layer in reversed(train_layers) if layer.get("device")), "cpu")
+        defaults = recipe(preset, device)
+        if not isinstance(options, PretrainOptions):
+            try:
+                options = PretrainOptions.from_dict(dict(options or {}))
+            except (TypeError, ValueError) as err:
+                raise UsageError(f"pretraining options: {err}") from None
+    config = merged_train_config(defaults, *train_layers)
+    task, summary = prepare_pretraining(features, data, out, preset=preset, options=options, vocab=vocab,
+                                        answers=answers, resume=resume)
+    result = _train(task, config, out, resume=resume, extra={"data_summary": summary} if summary else None,
+                    workers=workers, scheduler=scheduler, client=client, in_process=False)
+    return {**result, "summary": summary, "tasks": list(task.options.tasks)}

@@ -58,36 +58,23 @@ def _task_options(args: argparse.Namespace, file_options: dict):
 
 
 def run(args: argparse.Namespace) -> int:
-    from workflows.commands.training_options import quiet_dask, read_options_file, train_config
+    from workflows.commands.training_options import flag_train_settings, quiet_dask, read_options_file
 
     quiet_dask(args)
-    from pipeline.errors import UsageError
-    from pipeline.pretraining.recipe import recipe
-    from pipeline.pretraining.stage import model_preset_names, open_run, prepare_pretraining, recorded_train_config
-    from workflows.train import run_training
+    from workflows.stages import pretrain_stage
 
     file_options = read_options_file(args.config)
-    run_dir = open_run(args.out, args.resume)
-    resuming = args.resume and run_dir.has_run()
-    if resuming:
-        defaults = recorded_train_config(run_dir)
-        options = None
-    else:
-        if args.preset not in model_preset_names():
-            raise UsageError(f"unknown --preset {args.preset!r}; choose from {', '.join(model_preset_names())}")
-        defaults = recipe(args.preset, args.device or file_options["train"].get("device", "cpu"))
-        options = _task_options(args, file_options)
-    config = train_config(args, defaults, file_options)
-    task, summary = prepare_pretraining(args.features, args.data, args.out, preset=args.preset, options=options,
-                                        vocab=args.vocab, answers=args.answers, resume=args.resume)
-    result = run_training(task, config, args.out, workers=args.workers, scheduler=args.scheduler,
-                          resume=args.resume, extra_config={"data_summary": summary} if summary else None)
-    for split, counts in summary.items():
+    options = None if args.resume else _task_options(args, file_options)
+    result = pretrain_stage(args.features, args.data, args.out, preset=args.preset, options=options,
+                            vocab=args.vocab, answers=args.answers,
+                            train_layers=(file_options["train"], flag_train_settings(args)), resume=args.resume,
+                            workers=args.workers, scheduler=args.scheduler)
+    for split, counts in result["summary"].items():
         if isinstance(counts, dict) and counts.get("missing_images"):
             print(f"{split}: {counts['missing_sentences']} sentences of {counts['missing_images']} images skipped "
                   f"(not in the feature store {args.features})", file=sys.stderr)
     last = result.get("last_metrics") or {}
-    losses = "  ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("loss", *task.options.tasks))
+    losses = "  ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("loss", *result["tasks"]))
     print(f"pretrained {result['step']} of {result['total_steps']} steps; {losses}", file=sys.stderr)
     if result.get("final_dir"):
         print(f"model: {result['final_dir']}", file=sys.stderr)

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def train_detector(data: str | Path, out: str | Path, *, preset: str = "synth", config: str | Path | None = None,
                    init: str | Path | None = None, val_fraction: float = 0.1, workers: int | None = None,
                    scheduler: str | None = None, resume: bool = False, stop_after: int | None = None,
-                   **train_options: Any) -> dict[str, Any]:
+                   client=None, **train_options: Any) -> dict[str, Any]:
     """Train a detector on the data root `data` into the run directory `out`; returns the
     content of RUN/results.json (`final` is the checkpoint folder for `extract --weights`).
     `train_options`: TrainConfig fields (steps, epochs, batch_size, lr, device, ...) over the
@@ -82,7 +82,7 @@ def train_detector(data: str | Path, out: str | Path, *, preset: str = "synth", 
     log.info("train-detector: %d training and %d held-out images, %d object classes, %d attributes",
              len(dataset.train), len(dataset.val), len(dataset.objects), len(dataset.attributes))
     result = run_training(task, train_cfg, run.path, workers=workers, scheduler=scheduler, resume=resume,
-                          extra_config={"data_summary": stats}, stop_after=stop_after)
+                          extra_config={"data_summary": stats}, stop_after=stop_after, client=client)
     return write_results(run, result, stats)
 
 
