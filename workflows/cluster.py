@@ -70,7 +70,7 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None, dev
                           "distributed.worker.memory.terminate": False}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                resources=resources, dashboard_address=":0" if dashboard else None,
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.CRITICAL)
         client = Client(cluster)
         if dashboard:
             log.info("Dask dashboard: %s", client.dashboard_link)

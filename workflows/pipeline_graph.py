@@ -1,0 +1,265 @@
+"""`lxmert-pipeline run`: the whole method as one Dask graph of stages.
+
+    detector (optional) -> extract -> pretrain (optional) -> finetune <name> ... -> evaluate <name>/<split> ...
+
+Every stage is one task of the graph, submitted at once with its upstream stages' futures
+as arguments, so Dask orders them and runs independent ones side by side: the fine-tunings
+run in parallel when there are workers for them (each trains in its worker's process), and
+each evaluation starts as soon as its run is done. Stages that fan out themselves (the
+extraction's shard tasks, pretraining's DDP ranks over every worker) submit their tasks to
+the same cluster from inside the stage (`worker_client`).
+
+Re-running: each stage directory holds `pipeline-stage.json`, a fingerprint of the settings
+it was made with (its config section and its inputs). A stage whose outputs are complete
+and whose fingerprint matches is skipped; one that started but did not finish resumes; one
+whose settings changed is an error naming its directory (delete it or choose another `out`),
+never a silent mix of old and new outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from workflows.pipeline_config import TRAIN_SECTION, PipelineConfig
+
+log = logging.getLogger(__name__)
+
+STAGE_RECORD = "pipeline-stage.json"
+_FORWARDED_LOGGERS = ("pipeline", "workflows")
+
+
+# ---- fingerprints: skip, resume, or refuse -------------------------------------------------
+
+def _fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _claim(directory: Path, settings: dict[str, Any], complete: bool) -> bool:
+    """True when the stage must run (fresh or resumed); False when its outputs are complete
+    and were made with these settings."""
+    record = directory / STAGE_RECORD
+    fingerprint = _fingerprint(settings)
+    if record.is_file():
+        made = json.loads(record.read_text(encoding="utf-8"))
+        if made.get("fingerprint") != fingerprint:
+            changed = sorted(_changed_keys(made.get("settings") or {}, json.loads(json.dumps(settings, default=str))))
+            raise PipelineError(f"this stage's outputs were made with other settings (changed: "
+                                f"{', '.join(changed) or 'unknown'}); delete the directory or choose another "
+                                f"`out:`", directory)
+        if complete:
+            return False
+    elif complete:
+        raise PipelineError("holds outputs this pipeline did not make (no pipeline-stage.json); delete the "
+                            "directory or choose another `out:`", directory)
+    from pipeline.atomic import write_json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(record, {"fingerprint": fingerprint, "settings": settings})
+    return True
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+@contextlib.contextmanager
+def _stage(name: str):
+    """A stage's logging in its worker: INFO lines reach the client (forward_logging)."""
+    for logger in _FORWARDED_LOGGERS:
+        logging.getLogger(logger).setLevel(logging.INFO)
+    t0 = time.perf_counter()
+    log.info("%s: started", name)
+    yield
+    log.info("%s: done in %.0f s", name, time.perf_counter() - t0)
+
+
+def _worker_client():
+    """A client for the stage's own tasks: the cluster's when running as a graph task, else
+    None (the stage then starts a local cluster, as its command does)."""
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        return contextlib.nullcontext(None)
+    return worker_client()
+
+
+# ---- the stages ----------------------------------------------------------------------------
+
+def detector_stage(cfg: PipelineConfig) -> str:
+    from workflows.commands.train_detector import train_detector
+
+    section = dict(cfg.detector or {})
+    train = dict(section.pop(TRAIN_SECTION, None) or {})
+    directory = cfg.detector_dir
+    final = directory / "final"
+    settings = {"data": str(Path(cfg.data).resolve()), "detector": cfg.detector}
+    if not _claim(directory, settings, (final / "model.safetensors").is_file()):
+        log.info("detector: complete, skipped (%s)", final)
+        return str(final)
+    from pipeline.training import RunDir
+
+    with _stage("detector"), _worker_client() as client:
+        results = train_detector(cfg.data, directory, resume=RunDir(directory).has_run(), client=client,
+                                 device=cfg.device, progress=False, **section, **train)
+    if results.get("final") is None:
+        raise PipelineError("detector training ended without a final model", directory)
+    return str(results["final"])
+
+
+def extract_stage(cfg: PipelineConfig, detector_final: str | None) -> str:
+    from pipeline.extract import resolve_spec
+    from workflows.extract import run_extract
+
+    section = dict(cfg.extract)
+    if section.get("features"):
+        from pipeline.features import FeatureStore
+
+        FeatureStore(section["features"])   # an existing store must open (manifest, shards)
+        return str(section["features"])
+    images = section.pop("images", None) or str(Path(cfg.data) / "images")
+    weights = section.pop("weights", None) or detector_final
+    preset = section.pop("preset", "vg-r101-c4")
+    selection = {k: section.pop(k, None) for k in ("min_boxes", "max_boxes")}
+    selection["method"] = section.pop("selection", None)
+    spec = resolve_spec(preset, weights, device=cfg.device, autocast=section.pop("autocast", None),
+                        selection=selection)
+    directory = cfg.features_dir
+    settings = {"images": str(Path(images).resolve()), "detector": spec.config, "weights_sha256": spec.weights_sha256,
+                "extract": cfg.extract}
+    _claim(directory, settings, complete=False)   # extraction resumes shard by shard by itself
+    with _stage("extract"), _worker_client() as client:
+        summary = run_extract(images, str(directory), spec, shard_size=section.pop("shard_size", 1000),
+                              batch_size=section.pop("batch_size", 1), feature_dtype=section.pop("dtype", "float16"),
+                              decode_threads=section.pop("decode_threads", 2), retries=section.pop("retries", 2),
+                              progress=False, client=client)
+    for line in summary.lines():
+        log.info("%s", line)
+    return str(directory)
+
+
+def pretrain_stage(cfg: PipelineConfig, store: str) -> str:
+    from workflows.stages import pretrain_stage as run_pretrain
+
+    section = dict(cfg.pretrain or {})
+    directory = cfg.pretrain_dir
+    settings = {"features": str(Path(store).resolve()), "data": str(Path(cfg.data).resolve()),
+                "pretrain": cfg.pretrain}
+    from pipeline.training import RunDir
+
+    if not _claim(directory, settings, (directory / "final" / "config.json").is_file()):
+        log.info("pretrain: complete, skipped (%s)", directory / "final")
+        return str(directory)
+    with _stage("pretrain"), _worker_client() as client:
+        run_pretrain(store, cfg.data, directory, preset=section.get("preset", "base"),
+                     options=section.get("task") or {}, vocab=section.get("vocab"), answers=section.get("answers"),
+                     train_layers=({"device": cfg.device, "progress": False}, section.get(TRAIN_SECTION) or {}),
+                     resume=RunDir(directory).has_run(), client=client)
+    return str(directory)
+
+
+def finetune_stage(cfg: PipelineConfig, name: str, store: str, pretrain_run: str | None) -> str:
+    from pipeline.finetune import FinetuneOptions
+    from pipeline.training import RunDir
+    from workflows.stages import finetune_stage as run_finetune
+
+    section = dict(cfg.finetune[name])
+    train = section.pop(TRAIN_SECTION, None) or {}
+    init = section.pop("init", "pretrain")
+    if str(init) == "pretrain":
+        init = pretrain_run
+    elif str(init).lower() == "none":
+        init = None
+    options = FinetuneOptions.from_dict({**section, "init": init, "features": store, "data": cfg.data})
+    directory = cfg.finetune_dir(name)
+    settings = {"options": {k: str(v) for k, v in vars(options).items()}, "section": cfg.finetune[name]}
+    if not _claim(directory, settings, (directory / "final" / "config.json").is_file()):
+        log.info("finetune %s: complete, skipped (%s)", name, directory / "final")
+        return str(directory)
+    with _stage(f"finetune {name}"):
+        # in this worker's process: the fine-tunings of the graph run side by side, one per worker
+        result = run_finetune(options, directory, train_layers=({"device": cfg.device, "progress": False}, train),
+                              resume=RunDir(directory).has_run(), in_process=True)
+    best = result.get("best")
+    if best is not None:
+        log.info("finetune %s: best validation %s %.2f at step %d", name, best["metric"], best["value"], best["step"])
+    return str(directory)
+
+
+def evaluate_stage(cfg: PipelineConfig, name: str, split: str, run: str) -> dict[str, Any]:
+    from pipeline.evaluation.evaluate import results_record
+    from pipeline.evaluation.run_predictions import evaluate_run
+
+    task = cfg.finetune[name]["task"]
+    out = cfg.evaluation_dir(name, split)
+    results = out / "results.json"
+    model = Path(run) / "best"
+    model = model if model.is_dir() else Path(run) / "final"
+    settings = {"run": str(Path(run).resolve()), "split": split,
+                "model_time": (model / "model.safetensors").stat().st_mtime_ns}
+    if not _claim(out, settings, results.is_file()):
+        return json.loads(results.read_text(encoding="utf-8"))
+    with _stage(f"evaluate {name} {split}"):
+        evaluation, _, submission = evaluate_run(run, cfg.data, split, task, out=out)
+    return results_record(evaluation, submission)
+
+
+# ---- the graph -----------------------------------------------------------------------------
+
+def submit_pipeline(client, cfg: PipelineConfig) -> dict[str, Any]:
+    """Submit every stage at once; returns {stage name: future}."""
+    def submit(key: str, fn, *args):
+        return client.submit(fn, *args, key=f"{key}-{time.time_ns()}", pure=False, retries=0)
+
+    futures: dict[str, Any] = {}
+    detector = None
+    if cfg.detector is not None:
+        detector = futures["detector"] = submit("detector", detector_stage, cfg)
+    store = futures["extract"] = submit("extract", extract_stage, cfg, detector)
+    pretrain = None
+    if cfg.pretrain is not None:
+        pretrain = futures["pretrain"] = submit("pretrain", pretrain_stage, cfg, store)
+    for name in cfg.finetune:
+        run = futures[f"finetune {name}"] = submit(f"finetune-{name}", finetune_stage, cfg, name, store, pretrain)
+        for split in cfg.splits(name):
+            futures[f"evaluate {name} {split}"] = submit(f"evaluate-{name}-{split}", evaluate_stage, cfg, name,
+                                                         split, run)
+    return futures
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the graph on a local cluster (`cfg.workers`) or `cfg.scheduler`; returns each
+    stage's result (paths, and the evaluations' results records) by stage name."""
+    from distributed import as_completed
+
+    from workflows.cluster import dask_client
+
+    with dask_client(workers=cfg.workers, scheduler=cfg.scheduler, device=cfg.device) as client:
+        for logger in _FORWARDED_LOGGERS:
+            client.forward_logging(logger, level=logging.INFO)
+        futures = submit_pipeline(client, cfg)
+        names = {f.key: name for name, f in futures.items()}
+        results: dict[str, Any] = {}
+        try:
+            for future in as_completed(list(futures.values())):
+                name = names[future.key]
+                try:
+                    results[name] = future.result()
+                except PipelineError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - one line naming the stage
+                    raise PipelineError(f"stage {name!r} failed: {type(err).__name__}: {err}") from err
+        finally:
+            client.cancel([f for f in futures.values() if not f.done()])
+        return {name: results[name] for name in futures}
