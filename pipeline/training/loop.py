@@ -35,6 +35,7 @@ from pipeline.training.task import TrainTask
 log = logging.getLogger(__name__)
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PROGRESS_LINE_S = 20.0   # seconds between progress lines when there is no progress bar
 
 
 @dataclass
@@ -164,6 +165,10 @@ def train(task: TrainTask, config: TrainConfig, run: RunDir, env: DistEnv = Dist
         bar = tqdm(total=total_steps, initial=step, desc=task.name, unit="step",
                    disable=None if config.progress is None else False, dynamic_ncols=True)
 
+    # without a bar (not a terminal, or a Dask worker), a progress line now and then instead
+    progress_lines = env.is_main and (bar is None or bar.disable)
+    last_line = time.perf_counter()
+
     # ---- the loop ------------------------------------------------------------------------
     window: dict[str, torch.Tensor] = {}
     window_count, window_start = 0, time.perf_counter()
@@ -216,6 +221,10 @@ def train(task: TrainTask, config: TrainConfig, run: RunDir, env: DistEnv = Dist
                              "examples_per_s": window_count * micro * env.world_size / max(elapsed, 1e-9)})
                     if bar is not None:
                         bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}")
+                    if progress_lines and (done or time.perf_counter() - last_line >= PROGRESS_LINE_S):
+                        last_line = time.perf_counter()
+                        log.info("%s: step %d/%d  loss %.4f  %.0f examples/s", task.name, step, total_steps,
+                                 means.get("loss", float("nan")), window_count * micro * env.world_size / max(elapsed, 1e-9))
                 window, window_count, window_start = {}, 0, time.perf_counter()
             if (config.val_every and step % config.val_every == 0) or (not config.val_every and epoch_end) or done:
                 validate(epoch)
