@@ -25,14 +25,10 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from pipeline.atomic import atomic_open, write_json
     from pipeline.errors import UsageError
-    from pipeline.readers import DataRoot
-    from pipeline.synth.baselines import question_only_baselines
-    from pipeline.synth.generate import generate
     from pipeline.synth.layout import MIN_IMAGES
-    from pipeline.synth.readme import render_readme
     from pipeline.synth.world import WorldConfig
+    from pipeline.synth.world_root import write_world
 
     if args.images < MIN_IMAGES:
         raise UsageError(f"--images must be at least {MIN_IMAGES} (every split needs images)")
@@ -54,12 +50,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.out} holds files synth did not write ({', '.join(foreign[:3])}); "
                              "choose an empty or new directory")
 
-    summary = generate(args.out, images=args.images, seed=args.seed, cfg=cfg, workers=args.workers)
-    if not args.no_baselines:
-        summary["baselines"] = question_only_baselines(DataRoot(args.out))
-    write_json(os.path.join(args.out, "synth_summary.json"), summary)
-    with atomic_open(os.path.join(args.out, "README.md"), encoding="utf-8") as fh:
-        fh.write(render_readme(summary))
+    summary = write_world(args.out, images=args.images, seed=args.seed, cfg=cfg, workers=args.workers,
+                          baselines=not args.no_baselines)
     sec = summary["seconds"]
     print(f"wrote {summary['images']} images to {args.out} in {sum(sec.values()):.1f} s "
           f"(render {sec['render']:.1f} s, annotations {sec['annotations']:.1f} s)")
