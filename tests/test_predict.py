@@ -161,3 +161,29 @@ def test_bad_requests_are_one_line(runs, tmp_path, capsys):
     (tmp_path / "pretrain" / "config.yaml").write_text("task: pretrain\n")
     with pytest.raises(PipelineError, match="not a fine-tuning run"):
         predict(tmp_path / "pretrain", data, "dev")
+
+
+def test_asking_one_image_answers_as_the_split_prediction_does(runs):
+    from pipeline.features import FeatureStore
+    from pipeline.finetune.ask import ask
+    from pipeline.finetune.predict import load_finetuned
+
+    data, store_path, run = runs[0], runs[1], runs[2]
+    store = FeatureStore(store_path)
+    for task, reader in (("vqa", read_vqa_split), ("gqa", read_gqa_split)):
+        loaded = load_finetuned(run[task])
+        _, answers = predict(run[task], data, SPLITS[task])
+        for example in reader(data, SPLITS[task])[:3]:
+            reply = ask(loaded, example.sentence, [store.get(example.image_id)], store.metadata, top=3)
+            assert reply.answers[0][0] == answers[example.question_id]
+            probs = [p for _, p in reply.answers]
+            assert probs == sorted(probs, reverse=True) and all(0.0 <= p <= 1.0 for p in probs)
+            assert reply.attention.weights.shape[1] == store.get(example.image_id).num_boxes
+    loaded = load_finetuned(run["nlvr2"])
+    _, answers = predict(run["nlvr2"], data, "dev")
+    example = read_nlvr2_split(data, "dev")[0]
+    reply = ask(loaded, example.sentence, [store.get(i) for i in example.image_ids], store.metadata)
+    assert reply.answers[0][0] == answers[example.identifier]
+    assert abs(sum(p for _, p in reply.answers) - 1.0) < 1e-5
+    with pytest.raises(PipelineError, match="two images"):
+        ask(loaded, example.sentence, [store.get(example.image_ids[0])], store.metadata)

@@ -28,19 +28,22 @@ TARGET_KINDS = ("soft", "index")
 class _TokenisedExamples:
     """Token ids of every example's sentence, the feature store, language-only switch."""
 
-    def __init__(self, sentences: Sequence[str], tokenizer, store: str, language_only: bool):
+    def __init__(self, sentences: Sequence[str], tokenizer, store, language_only: bool):
+        """`store`: a feature store's path (opened lazily in each process) or an open store
+        (e.g. a `MemoryStore` of images extracted on the spot)."""
         encoded = tokenizer.encode_batch(list(sentences))
         self.input_ids = encoded.input_ids.astype(np.int32)   # half the memory of int64 on big splits
         self.pad_id = tokenizer.pad_id
-        self.store_path = str(store)
+        opened = hasattr(store, "get_many")
+        self.store_path = None if opened else str(store)
         self.language_only = language_only
-        self._store = None
+        self._store = store if opened else None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None}
+        return {**self.__dict__, "_store": None if self.store_path else self._store}
 
     @property
     def store(self):

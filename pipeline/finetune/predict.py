@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -56,27 +57,34 @@ def model_dir(run: str | os.PathLike, checkpoint: str | None = None) -> Path:
     raise PipelineError(f"the run has no {wanted} model (not finished? rerun finetune with --resume)", run)
 
 
-def predict(run: str | os.PathLike, data: str | os.PathLike, split: str, *, features: str | os.PathLike | None = None,
-            checkpoint: str | None = None, batch_size: int = 256,
-            device: str | None = None) -> tuple[str, dict[Hashable, str]]:
-    """(task, {question id -> answer}) for every question of `split` under the data root `data`."""
-    import torch
+@dataclass
+class FinetunedRun:
+    """A fine-tuned run's model, tokenizer and task, loaded once."""
+    task: Any                   # the run's FinetuneTask (store: the run's feature store path)
+    model: Any                  # LxmertForQuestionAnswering / LxmertForNLVR2, eval mode
+    tokenizer: Any
+    directory: Path             # the model directory used (best/ or final/)
+    store_path: Path            # the feature store recorded in the run (or given)
 
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+
+def load_finetuned(run: str | os.PathLike, *, features: str | os.PathLike | None = None,
+                   checkpoint: str | None = None) -> FinetunedRun:
+    """The run's best/ (else final/) model with its tokenizer and answers; `features` replaces
+    the store the run recorded (it must fit the model)."""
     from model import load_pretrained
     from model.errors import CheckpointError
-    from pipeline.features import FeatureStore
     from pipeline.finetune.init import DIRECTORY, ModelInit
-    from pipeline.finetune.splits import missing_images
     from pipeline.finetune.tasks import TASKS
-    from pipeline.inputs import check_store_fits
     from pipeline.inputs.text import load_run_tokenizer
 
     record = run_record(run)
     options = record["task_options"]
     name = options["task"]
     directory = model_dir(run, checkpoint)
-    store_path = Path(features or options["features"])
-    store = FeatureStore(store_path)
     try:
         model = load_pretrained(directory)
     except CheckpointError as err:
@@ -84,22 +92,39 @@ def predict(run: str | os.PathLike, data: str | os.PathLike, split: str, *, feat
     cls = TASKS[name]
     if not isinstance(model, cls.model_class):
         raise PipelineError(f"holds a {type(model).__name__}, not the {cls.model_class.__name__} of {name}", directory)
-    check_store_fits(model.config, store.metadata, store_path, labels=False)
-    task = cls(store=str(store_path), data=str(data), tokenizer_dir=str(directory),
+    store_path = Path(features or options["features"])
+    task = cls(store=str(store_path), data=str(options.get("data", "")), tokenizer_dir=str(directory),
                init=ModelInit(DIRECTORY, str(directory)), answers=model.config.answers,
                loss_kind=options.get("loss", cls.losses[0]), language_only=bool(options.get("language_only")))
+    return FinetunedRun(task=task, model=model.eval(), tokenizer=load_run_tokenizer(directory), directory=directory,
+                        store_path=store_path)
 
-    examples = cls.read_split(str(data), split, prediction=True)
+
+def predict(run: str | os.PathLike, data: str | os.PathLike, split: str, *, features: str | os.PathLike | None = None,
+            checkpoint: str | None = None, batch_size: int = 256,
+            device: str | None = None) -> tuple[str, dict[Hashable, str]]:
+    """(task, {question id -> answer}) for every question of `split` under the data root `data`."""
+    import torch
+
+    from pipeline.features import FeatureStore
+    from pipeline.finetune.splits import missing_images
+    from pipeline.inputs import check_store_fits
+
+    loaded = load_finetuned(run, features=features, checkpoint=checkpoint)
+    task, model, name = loaded.task, loaded.model, loaded.name
+    store = FeatureStore(loaded.store_path)
+    check_store_fits(model.config, store.metadata, loaded.store_path, labels=False)
+    examples = type(task).read_split(str(data), split, prediction=True)
     if not task.language_only:
         missing = missing_images(store, examples)
         if missing:
             raise PipelineError(f"{len(missing)} images of {name} split {split!r} are not in the feature store "
                                 f"(first: {', '.join(missing[:3])}); extract them, or pass the store that has them",
-                                store_path)
-    source = task.batches(examples, load_run_tokenizer(directory), labelled=False)
+                                loaded.store_path)
+    source = task.batches(examples, loaded.tokenizer, labelled=False)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(target).eval()
-    log.info("predicting %d %s %s examples with %s%s", len(examples), name, split, directory,
+    model.to(target)
+    log.info("predicting %d %s %s examples with %s%s", len(examples), name, split, loaded.directory,
              " (language only)" if task.language_only else "")
     answers = task.predictions(model, source, batch_size, target)
-    return name, {cls.example_id(e): a for e, a in zip(examples, answers)}
+    return name, {type(task).example_id(e): a for e, a in zip(examples, answers)}
