@@ -279,3 +279,64 @@ def extract_shard(index: int, entries: Sequence[ImageEntry], out_dir: str | os.P
     # written even when every image failed (0 rows): the shard is done and a re-run skips it
     info = write_shard(Path(out_dir) / shard_name(index), images, extractor.spec.store_metadata(feature_dtype))
     return ShardResult(index, info, len(entries), failures, time.perf_counter() - t0)
+
+
+def spec_for_store(metadata: StoreMetadata, store_dir: str | os.PathLike, detector: str | None = None, *,
+                   device: str = "cpu") -> ExtractorSpec:
+    """The detector that made a store, to extract new images exactly as the store's were.
+
+    `detector`: its weights (a file, or a train-detector run / checkpoint folder); default: the
+    folder a `run`/`demo` graph puts beside the store (`../detector/final`) or the weights
+    cache, taken only when its sha256 is the one the store records. A store made with
+    `--weights random` is re-made from the same seed.
+    """
+    from detector.checkpoint import checkpoint_config, file_sha256
+
+    if metadata.weights_sha256 == "random":
+        return ExtractorSpec(config=metadata.detector_config, weights="random", weights_sha256="random", device=device)
+    if not metadata.detector_config.get("resnet"):
+        raise PipelineError(f"this store's features were not made by a detector ({metadata.detector!r}); "
+                            "pass --detector WEIGHTS to extract new images", store_dir)
+
+    def weights_file(path: Path) -> Path:
+        if path.is_dir():
+            for candidate in (path / "model.safetensors", path / "final" / "model.safetensors"):
+                if candidate.is_file():
+                    return candidate
+            raise PipelineError("no model.safetensors in this folder (or its final/)", path)
+        return path
+
+    if detector is None:
+        candidates = [Path(store_dir).resolve().parent / "detector" / "final" / "model.safetensors",
+                      weights_cache_dir() / WEIGHTS_FILE]
+        found = next((c for c in candidates if c.is_file() and file_sha256(c) == metadata.weights_sha256), None)
+        if found is None:
+            raise PipelineError(f"cannot find the detector weights this store was made with (sha256 "
+                                f"{metadata.weights_sha256[:12]}...); pass --detector WEIGHTS", store_dir)
+        target = found
+    else:
+        target = weights_file(Path(detector))
+        if not target.is_file():
+            raise PipelineError("detector weights not found", detector)
+    sha = file_sha256(target)
+    if sha != metadata.weights_sha256:
+        log.warning("%s is not the detector the run's features came from (sha256 %s..., store %s...): the "
+                    "answers may suffer", target, sha[:12], metadata.weights_sha256[:12])
+    saved = checkpoint_config(target)
+    if saved is not None and (saved.feature_dim != metadata.feature_dim
+                              or saved.roi_heads.num_classes != metadata.num_objects):
+        raise PipelineError(f"this detector makes {saved.feature_dim}-dim features over {saved.roi_heads.num_classes} "
+                            f"classes; the run was trained on {metadata.feature_dim}-dim over {metadata.num_objects}",
+                            target)
+    return ExtractorSpec(config=metadata.detector_config, weights=str(target), weights_sha256=sha, device=device)
+
+
+def extract_files(paths: Sequence[str | os.PathLike], spec: ExtractorSpec,
+                  feature_dtype: str = "float32") -> list[ImageFeatures]:
+    """The regions of a few image files, in order; an unreadable image is one clear error."""
+    extractor = Extractor(spec)
+    entries = [ImageEntry(f"{Path(p).stem}-{i}", str(p)) for i, p in enumerate(paths)]
+    images, failures = extract_images(entries, extractor, feature_dtype=feature_dtype, decode_threads=0)
+    if failures:
+        raise PipelineError(failures[0]["reason"], failures[0]["image"])
+    return images

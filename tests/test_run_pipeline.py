@@ -52,6 +52,17 @@ def test_run_chains_every_stage_then_resumes_and_refuses_changed_settings(tmp_pa
     printed = capsys.readouterr().out
     assert "evaluate vqa val2014: overall" in printed
 
+    # predict: the run's own detector (random, seeded) extracts a new image's regions on the spot
+    image = next((world / "images").glob("COCO_val2014_*.jpg"))
+    picture = tmp_path / "attention.png"
+    assert main(["predict", "--run", str(out / "finetune" / "vqa"), "--image", str(image), "--question",
+                 "what color is the circle?", "--top", "3", "--picture", str(picture)]) == 0
+    answered = capsys.readouterr().out.splitlines()
+    assert answered[0] == "vqa: what color is the circle?" and len(answered) == 4 and picture.is_file()
+    with pytest.raises(SystemExit) as usage:
+        main(["predict", "--run", str(out / "finetune" / "nlvr2"), "--image", str(image), "--question", "Two stars."])
+    assert usage.value.code == 2 and "twice" in capsys.readouterr().err
+
     final = out / "finetune" / "vqa" / "final" / "model.safetensors"
     made = final.stat().st_mtime_ns
     assert main(["run", "--config", str(config)]) == 0          # everything complete: nothing is redone
