@@ -258,25 +258,34 @@ def _small() -> DetectorConfig:
 
 
 def _synth() -> DetectorConfig:
-    """`tiny`'s network sized for the synthetic world and trained from scratch on a CPU.
+    """A small C4 detector for the synthetic world, trained from scratch on a CPU in minutes.
 
-    Objects there are 13-36% of the short side: at a 224-pixel short side that is 29-81
-    pixels, which anchors of 32/64/128 cover. No stage is frozen (there are no pretrained
-    weights to keep), and the training samples are a quarter of the reference's (64 anchors,
-    64 RoIs per image): res5 over the sampled RoIs is most of a step's time, and a scene has
-    at most six objects.
+    Input: objects there are 13-36% of the short side, 37-104 pixels at a 288-pixel short
+    side, which anchors of 32/64/128 cover (224 pixels learnt the shapes more slowly per
+    image than the extra backbone cost). The training short side is the test one: the
+    world's size attribute is relative to the short side, so scale jitter would blur it.
+    Network: `tiny`'s widths with twice the bottleneck width and two blocks per stage (shapes
+    are learnt several times faster per image for ~10% more compute), 5x5 RoIPool (objects
+    span 2-6 res4 cells; a 7x7 grid only repeats them at twice the res5 cost). Nothing is
+    frozen: there are no pretrained weights to keep. Training samples: 64 anchors and 32 RoIs
+    per image, half positive, RoIs positive from IoU 0.6, smooth-L1 with beta 1 (Caffe's) on
+    their boxes. res5 over the RoIs is most of a step and a scene has at most six objects;
+    the cleaner positives and gentler box gradients let the shared features learn the shapes
+    sooner (synthetic world, 5 epochs: AP50 0.38 against 0.24 with IoU 0.5 and L1).
+    Test: 50 proposals (more only add false positives on scenes of at most six objects).
     """
     return DetectorConfig(
         name="synth",
-        input=InputConfig(min_size=224, max_size=384, min_size_train=(192, 208, 224, 240, 256)),
-        resnet=ResNetConfig(stem_out_channels=16, res2_out_channels=32, width_per_group=8,
-                            blocks=(1, 1, 1), res5_blocks=1, norm="BN", freeze_at=0),
+        input=InputConfig(min_size=288, max_size=480, min_size_train=(288,)),
+        resnet=ResNetConfig(stem_out_channels=16, res2_out_channels=32, width_per_group=16,
+                            blocks=(2, 2, 2), res5_blocks=1, norm="BN", freeze_at=0),
         rpn=RPNConfig(hidden_channels=64, anchor_sizes=(32, 64, 128),
-                      pre_nms_topk_test=1000, post_nms_topk_test=100,
+                      pre_nms_topk_test=1000, post_nms_topk_test=50,
                       pre_nms_topk_train=1000, post_nms_topk_train=300,
                       batch_size_per_image=64),
-        roi_heads=ROIHeadsConfig(pooler_resolution=7, attr_embed_dim=32, attr_hidden_dim=64,
-                                 batch_size_per_image=64),
+        roi_heads=ROIHeadsConfig(pooler_resolution=5, attr_embed_dim=32, attr_hidden_dim=64,
+                                 batch_size_per_image=32, positive_fraction=0.5, iou_threshold=0.6,
+                                 smooth_l1_beta=1.0),
         selection=SelectionConfig(min_boxes=10, max_boxes=36),
     )
 

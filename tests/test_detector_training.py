@@ -347,14 +347,24 @@ def world(tmp_path_factory):
     return out
 
 
+SMALL_INPUT = "input: {min_size: 128, max_size: 192, min_size_train: [128]}\n"   # keeps the runs short
+
+
+@pytest.fixture
+def small_input(tmp_path):
+    path = tmp_path / "small-input.yaml"
+    path.write_text(SMALL_INPUT)
+    return path
+
+
 def _quick_config(**kw):
     values = dict(steps=6, batch_size=2, lr=2e-3, log_every=1, checkpoint_every=2, progress=False, seed=5)
     values.update(kw)
     return train_config("synth", **values)
 
 
-def test_resumed_run_gives_the_uninterrupted_losses(tmp_path, world):
-    task = make_task(world, "synth")
+def test_resumed_run_gives_the_uninterrupted_losses(tmp_path, world, small_input):
+    task = make_task(world, "synth", config_path=small_input)
     full = RunDir(tmp_path / "full")
     full.check_writable()
     train(task, _quick_config(), full)
@@ -372,15 +382,16 @@ def test_resumed_run_gives_the_uninterrupted_losses(tmp_path, world):
     assert {"AP", "AP50", "gt_box_object_accuracy", "gt_box_attribute_accuracy"} <= set(val)
 
 
-def test_cli_trains_a_checkpoint_that_extract_loads(tmp_path, world, capsys):
+def test_cli_trains_a_checkpoint_that_extract_loads(tmp_path, world, small_input, capsys):
     from detector import load_detector
     from pipeline.extract import Extractor, extract_shard, resolve_spec
     from pipeline.features import FeatureStore
     from pipeline.images import discover_images
 
     out = tmp_path / "run"
-    code = cli(["train-detector", "--data", str(world), "--preset", "synth", "--out", str(out), "--steps", "4",
-                "--batch-size", "2", "--checkpoint-every", "2", "--workers", "1", "--no-progress"])
+    args = ["train-detector", "--data", str(world), "--preset", "synth", "--config", str(small_input), "--out", str(out),
+            "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2", "--workers", "1", "--no-progress"]
+    code = cli(args)
     assert code == 0
     assert "box AP" in capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
@@ -397,8 +408,11 @@ def test_cli_trains_a_checkpoint_that_extract_loads(tmp_path, world, capsys):
     result = extract_shard(0, entries, tmp_path / "features", Extractor(spec), batch_size=2)
     assert result.info.num_rows == 3 and not result.failures
     # resuming a finished run is a no-op that keeps the results
-    assert cli(["train-detector", "--data", str(world), "--preset", "synth", "--out", str(out), "--steps", "4",
-                "--batch-size", "2", "--checkpoint-every", "2", "--workers", "1", "--no-progress", "--resume"]) == 0
+    assert cli(args + ["--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["validation"] == results["validation"]
+    # ... and one with other options is refused, naming the run's config
+    assert cli(args[:-1] + ["--lr", "0.5", "--no-progress", "--resume"]) == 1
+    assert "config.yaml" in capsys.readouterr().err
 
 
 def test_user_errors_are_one_line_naming_the_file(tmp_path, world, capsys):
@@ -427,6 +441,17 @@ def test_user_errors_are_one_line_naming_the_file(tmp_path, world, capsys):
     assert "none of the" in err("--data", str(nothing), "--out", str(tmp_path / "r5"))
 
 
+def test_schedule_defaults_overrides_and_spaced_validations():
+    config = train_config("synth", 283, lr=1e-3)
+    assert config.epochs == 8 and config.batch_size == 4 and config.lr == 1e-3
+    assert config.val_every == 280                      # 8 x 70 steps, validated twice: 280 and 560
+    assert train_config("synth", 283, steps=50).epochs is None
+    assert train_config("synth", 283, steps=50).val_every == 25
+    assert train_config("synth", 283, val_every=7).val_every == 7
+    with pytest.raises(PipelineError, match="bad training options"):
+        train_config("synth", 283, precision="fp8")
+
+
 def test_task_pickles_without_its_loaded_data(world):
     import pickle
 
@@ -434,3 +459,18 @@ def test_task_pickles_without_its_loaded_data(world):
     task.dataset()
     copy = pickle.loads(pickle.dumps(task))
     assert isinstance(copy, DetectorTrainTask) and copy._loaded is None and copy.detector == task.detector
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_the_detector_like_one_process(tmp_path, world, small_input):
+    """DDP over two Dask workers: BN statistics differ per rank, so compare the losses'
+    trend and the checkpoint format rather than exact numbers."""
+    from safetensors.torch import load_file
+
+    from workflows.commands.train_detector import train_detector
+
+    results = train_detector(world, tmp_path / "ddp", preset="synth", config=small_input, workers=2, steps=3,
+                             batch_size=4, progress=False, log_every=1)
+    assert results["step"] == 3 and (tmp_path / "ddp" / "results.json").exists()
+    state = load_file(str(tmp_path / "ddp" / "final" / "model.safetensors"))
+    assert "roi_heads.box_predictor.cls_score.weight" in state

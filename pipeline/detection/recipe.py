@@ -9,6 +9,7 @@ preset's recipe (SCHEDULES) with the caller's overrides.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from pipeline.training.config import TrainConfig
 
 # Training schedules per preset. AdamW rather than the SGD of detectron2/Caffe: the small
 # presets train from random weights (no ImageNet backbone), where adaptive steps converge
-# in far fewer updates; see tests/test_detector_training.py and the measurements in the
-# train-detector report for the synthetic world.
+# in far fewer updates. `validations`: how many times a run measures box mAP (evenly spaced,
+# the last at the end) when no --val-every is given; the synthetic world's run is minutes
+# long and a validation costs seconds, so not every epoch.
 SCHEDULES: dict[str, dict[str, Any]] = {
-    "synth": dict(epochs=6, batch_size=4, lr=2e-3, optimizer="adamw", weight_decay=1e-4, warmup=0.05,
-                  clip_norm=10.0, log_every=10),
-    "tiny": dict(epochs=6, batch_size=4, lr=2e-3, optimizer="adamw", weight_decay=1e-4, warmup=0.05,
-                 clip_norm=10.0, log_every=10),
+    "synth": dict(epochs=8, batch_size=4, lr=2e-3, optimizer="adamw", weight_decay=1e-4, warmup=0.05,
+                  clip_norm=10.0, log_every=10, validations=2),
+    "tiny": dict(epochs=8, batch_size=4, lr=2e-3, optimizer="adamw", weight_decay=1e-4, warmup=0.05,
+                 clip_norm=10.0, log_every=10, validations=2),
     "small": dict(epochs=12, batch_size=8, lr=1e-3, optimizer="adamw", weight_decay=1e-4, warmup=0.05,
                   clip_norm=10.0, log_every=20),
     # fine-tuning the real model from published or ImageNet-initialised weights on a GPU
@@ -96,9 +98,11 @@ def make_task(data: str | os.PathLike, preset: str = "synth", *, config_path: st
                              init=None if init_path is None else str(init_path.resolve()), val_fraction=val_fraction)
 
 
-def train_config(preset: str, **overrides: Any) -> TrainConfig:
-    """The preset's schedule with `overrides` (None values ignored); `steps` replaces `epochs`."""
+def train_config(preset: str, num_train_images: int | None = None, **overrides: Any) -> TrainConfig:
+    """The preset's schedule with `overrides` (None values ignored); `steps` replaces `epochs`.
+    With `num_train_images`, the schedule's `validations` become a `val_every`."""
     values = dict(SCHEDULES.get(preset, SCHEDULES["small"]))
+    validations = values.pop("validations", None)
     given = {k: v for k, v in overrides.items() if v is not None}
     if "steps" in given:
         values.pop("epochs", None)
@@ -106,6 +110,11 @@ def train_config(preset: str, **overrides: Any) -> TrainConfig:
         values.pop("steps", None)
     values.update(given)
     try:
-        return TrainConfig.from_dict(values)
+        config = TrainConfig.from_dict(values)
     except (ValueError, TypeError) as err:
         raise PipelineError(f"bad training options: {err}") from None
+    if validations and config.val_every is None and num_train_images:
+        # the loop's own count: an epoch is len(data) // batch_size steps
+        total = config.steps or max(1, int(round(config.epochs * max(1, num_train_images // config.batch_size))))
+        config = config.replace(val_every=max(1, math.ceil(total / validations)))
+    return config

@@ -74,10 +74,10 @@ def train_detector(data: str | Path, out: str | Path, *, preset: str = "synth", 
     run = RunDir(out)
     run.check_writable()
     task = make_task(data, preset, config_path=config, init=init, val_fraction=val_fraction)
-    train_cfg = train_config(preset, **train_options)
+    dataset = task.dataset()          # the annotation errors, before a cluster starts
+    train_cfg = train_config(preset, len(dataset.train), **train_options)
     if resume and run.has_run():
         _check_same_run(run, task, train_cfg)
-    dataset = task.dataset()          # the annotation errors, before a cluster starts
     stats = _plain(dataset.stats)
     log.info("train-detector: %d training and %d held-out images, %d object classes, %d attributes",
              len(dataset.train), len(dataset.val), len(dataset.objects), len(dataset.attributes))
