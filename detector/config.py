@@ -273,6 +273,12 @@ def _synth() -> DetectorConfig:
     the cleaner positives and gentler box gradients let the shared features learn the shapes
     sooner (synthetic world, 5 epochs: AP50 0.38 against 0.24 with IoU 0.5 and L1).
     Test: 50 proposals (more only add false positives on scenes of at most six objects).
+    Saved regions: 6 per image, the most confident. The reference keeps 36 for Visual Genome
+    images, which are annotated with ~35 objects each; a synthetic scene has at most six.
+    The count matters downstream: a demo-size LXMERT learns to find the region a word names
+    among 6 in a few hundred steps and among 10 not in 3000 (toy of one question word and
+    N regions), and on a 6000-image world the pretrained-minus-scratch VQA gap was 5.5
+    points with 6 regions against 3.1 with 10 (oracle features, same schedules).
     """
     return DetectorConfig(
         name="synth",
@@ -286,7 +292,7 @@ def _synth() -> DetectorConfig:
         roi_heads=ROIHeadsConfig(pooler_resolution=5, attr_embed_dim=32, attr_hidden_dim=64,
                                  batch_size_per_image=32, positive_fraction=0.5, iou_threshold=0.6,
                                  smooth_l1_beta=1.0),
-        selection=SelectionConfig(min_boxes=10, max_boxes=36),
+        selection=SelectionConfig(min_boxes=6, max_boxes=6),
     )
 
 

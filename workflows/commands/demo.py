@@ -14,7 +14,7 @@ all through `lxmert-pipeline run`'s Dask graph, then scores them with the offici
   DIR/results.md, DIR/results.json    the table ({task: {variant: {metric: value}}})
   DIR/pictures/*.png                  detections, loss curves, a cross-attention map
   DIR/pipeline.yaml                   the run config (re-run with `lxmert-pipeline run --config`)
-About 15 minutes on 2 CPU cores; --quick runs every stage small, in under 3 minutes.
+About 16 minutes on 2 CPU cores; --quick runs every stage small, in under 3 minutes.
 Re-running with the same DIR resumes: finished stages are skipped.
 """
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _EPILOG
     parser.add_argument("--out", required=True, metavar="DIR", help="where the world, runs, pictures and table go")
     parser.add_argument("--quick", action="store_true", help="every stage small: a smoke test in under 3 minutes")
-    parser.add_argument("--workers", type=int, help="local Dask workers (default 1)")
+    parser.add_argument("--workers", type=int, help="local Dask workers (default 2 where there are 2 cores, else 1)")
     parser.add_argument("--seed", type=int, default=0, help="the synthetic world's seed")
 
 
