@@ -84,12 +84,24 @@ def run_training(task: TrainTask, config: TrainConfig, run_path: str | Path, *, 
         return _watch(client, futures, ranks, run, poll_s)
 
 
-def _lost_worker(client, ranks) -> tuple[int, str] | None:
-    alive = set(client.scheduler_info()["workers"])
-    for r, (addr, _h, _l) in enumerate(ranks):
-        if addr not in alive:
-            return r, addr
-    return None
+def _scheduler_workers(dask_scheduler=None) -> list[str]:
+    return list(dask_scheduler.workers)
+
+
+def _lost_worker(client, ranks, confirm_s: float = 2.0) -> tuple[int, str] | None:
+    """The first rank whose worker the scheduler no longer has, asked twice `confirm_s` apart.
+
+    Asked of the scheduler itself: `client.scheduler_info()` may hand back a cached identity
+    without per-worker entries (a busy run was once stopped as "lost" while both ranks trained
+    on), and one look can catch a worker between heartbeats."""
+    for attempt in range(2):
+        alive = set(client.run_on_scheduler(_scheduler_workers))
+        missing = [(r, addr) for r, (addr, _h, _l) in enumerate(ranks) if addr not in alive]
+        if not missing:
+            return None
+        if attempt == 0:
+            time.sleep(confirm_s)
+    return missing[0]
 
 
 def _watch(client, futures, ranks, run: RunDir, poll_s: float) -> dict[str, Any]:
