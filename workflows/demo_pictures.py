@@ -63,7 +63,8 @@ def draw_question_attention(world: Path, run: Path, store, out: Path) -> Path | 
     answer, prob = reply.answers[0]
     title = f"Q: {chosen.sentence}   predicted: {answer} ({prob:.2f})   annotators: {chosen.answer}"
     image = decode_image(DataRoot(world).image_path(chosen.image_id))
-    return draw_attention(image, regions.boxes, reply.attention, out, top=5, title=title, region_names=names)
+    # every region of the synth detector's 6 (a store with more shows the 8 most attended)
+    return draw_attention(image, regions.boxes, reply.attention, out, top=8, title=title, region_names=names)
 
 
 def draw_demo_pictures(out: Path) -> dict[str, str]:
