@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 from pretrain_world import make_world
-from safetensors.torch import load_file
+from training_tasks import assert_same_weights
 
 from pipeline.pretraining import PretrainOptions, prepare_pretraining
 from pipeline.training import RunDir, TrainConfig, train
@@ -26,11 +25,7 @@ def test_two_gloo_workers_end_three_steps_with_the_parameters_of_one_process(tmp
     out = run_training(task, TrainConfig(**config), tmp_path / "ddp", workers=2,
                        extra_config={"data_summary": summary})
     assert out["step"] == 3
-    a = load_file(str(reference.final_dir / "model.safetensors"))
-    b = load_file(str(tmp_path / "ddp" / "final" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    assert_same_weights(reference.final_dir, tmp_path / "ddp" / "final")
     ddp_lines = [m for m in RunDir(tmp_path / "ddp").metrics() if m.get("split") != "val"]
     single_lines = [m for m in single.metrics() if m.get("split") != "val"]
     for x, y in zip(ddp_lines, single_lines, strict=True):

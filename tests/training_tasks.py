@@ -80,3 +80,14 @@ class ClusterTask:
 
     def describe(self) -> dict[str, Any]:
         return {"n": self.n, "dim": self.dim}
+
+
+def assert_same_weights(a_dir: str | Path, b_dir: str | Path, atol: float = 1e-6) -> None:
+    """The `model.safetensors` of two checkpoint directories hold the same tensors (to `atol`)."""
+    from safetensors.torch import load_file
+
+    a = load_file(str(Path(a_dir) / "model.safetensors"))
+    b = load_file(str(Path(b_dir) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0)

@@ -114,7 +114,5 @@ def train_config(preset: str, num_train_images: int | None = None, **overrides: 
     except (ValueError, TypeError) as err:
         raise PipelineError(f"bad training options: {err}") from None
     if validations and config.val_every is None and num_train_images:
-        # the loop's own count: an epoch is len(data) // batch_size steps
-        total = config.steps or max(1, int(round(config.epochs * max(1, num_train_images // config.batch_size))))
-        config = config.replace(val_every=max(1, math.ceil(total / validations)))
+        config = config.replace(val_every=max(1, math.ceil(config.total_steps(num_train_images) / validations)))
     return config

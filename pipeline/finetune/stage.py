@@ -38,6 +38,7 @@ from pipeline.finetune.splits import missing_images, require_labels
 from pipeline.finetune.tasks import TASKS, FinetuneTask
 from pipeline.readers.answers import AnswerVocab
 from pipeline.training import DistEnv, RunDir, TrainConfig, TrainResult, prepare_run, train
+from pipeline.training.config import unknown_fields
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,10 @@ class FinetuneOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FinetuneOptions":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = unknown_fields(cls, values)
         if unknown:
-            raise UsageError(f"unknown fine-tuning options {unknown}; known: {sorted(names)}")
+            known = sorted(f.name for f in dataclasses.fields(cls))
+            raise UsageError(f"unknown fine-tuning options {unknown}; known: {known}")
         try:
             return cls(**values)
         except TypeError as err:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.configuration_lxmert import REFERENCE_VISUAL_LOSS_NORMALIZER, VISUAL_LABEL_LOSS_SCOPES
+from pipeline.training.config import unknown_fields
 
 # the pretraining losses, named as the model's `loss_per_task`
 TASKS = ("mlm", "matched", "obj", "attr", "feat", "qa")
@@ -85,10 +86,10 @@ class PretrainOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PretrainOptions":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = unknown_fields(cls, values)
         if unknown:
-            raise ValueError(f"unknown pretraining options {unknown}; known: {sorted(names)}")
+            known = sorted(f.name for f in dataclasses.fields(cls))
+            raise ValueError(f"unknown pretraining options {unknown}; known: {known}")
         return cls(**values)
 
     def replace(self, **changes: Any) -> "PretrainOptions":

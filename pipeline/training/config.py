@@ -60,13 +60,23 @@ class TrainConfig:
         d["betas"] = list(self.betas)
         return d
 
+    def total_steps(self, num_examples: int) -> int:
+        """Optimiser steps of a run over `num_examples` (an epoch is num_examples // batch_size)."""
+        return self.steps or max(1, int(round(self.epochs * (num_examples // self.batch_size))))
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = unknown_fields(cls, values)
         if unknown:
             raise ValueError(f"unknown training options {unknown}")
         return cls(**values)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def unknown_fields(cls, values: dict[str, Any]) -> list[str]:
+    """Keys of `values` that are not fields of the dataclass `cls` (a typo in a config file
+    must be an error, not a silently ignored setting)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return sorted(set(values) - names)

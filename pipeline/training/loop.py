@@ -81,7 +81,7 @@ def train(task: TrainTask, config: TrainConfig, run: RunDir, env: DistEnv = Dist
     steps_per_epoch = len(train_data) // config.batch_size
     if steps_per_epoch == 0:
         raise PipelineError(f"{len(train_data)} training examples do not fill one batch of {config.batch_size}")
-    total_steps = config.steps or max(1, int(round(config.epochs * steps_per_epoch)))
+    total_steps = config.total_steps(len(train_data))
 
     # ---- optimiser, schedule, mixed precision ----------------------------------------------
     optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
