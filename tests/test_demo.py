@@ -29,8 +29,15 @@ def test_quick_demo_writes_the_ablation_table_and_pictures(quick_demo):
             assert (quick_demo / "runs" / "finetune" / f"{task}-{variant.replace('_', '-')}" / "evaluation" / split
                     / "results.json").is_file()
         assert results[task]["question_only"]["majority answer per question"] > 0
+        # how sure the table is: paired-bootstrap intervals over the split's questions
+        difference = results["differences"][task]["pretrained - scratch"]
+        metric = "overall" if task == "vqa" else "accuracy"
+        gap = results[task]["pretrained"][metric] - results[task]["scratch"][metric]
+        assert difference["points"] == pytest.approx(gap, abs=0.02)
+        assert difference["low"] <= difference["points"] <= difference["high"] and difference["questions"] > 0
     table = (quick_demo / "results.md").read_text()
     assert "| LXMERT, pretrained + fine-tuned |" in table and "| VQA val2014 | GQA testdev | NLVR2 dev |" in table
+    assert "paired bootstrap" in table and "| LXMERT, pretrained + fine-tuned vs LXMERT, no pretraining |" in table
     pictures = {p.name for p in (quick_demo / "pictures").glob("*.png")}
     assert {"detections.png", "pretrain_losses.png", "cross_attention.png", "finetune_vqa.png", "finetune_gqa.png",
             "finetune_nlvr2.png"} <= pictures

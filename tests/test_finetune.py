@@ -272,6 +272,7 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, world):
 def test_default_recipe_is_the_reference_for_paper_width_models(tmp_path, world):
     from pipeline.finetune.recipe import recipe
     from pipeline.finetune.stage import default_recipe
+    from pipeline.training.precision import fast_precision
 
     for task, lr in (("vqa", 5e-5), ("gqa", 1e-5), ("nlvr2", 5e-5)):
         reference = recipe(task, 768)
@@ -279,6 +280,7 @@ def test_default_recipe_is_the_reference_for_paper_width_models(tmp_path, world)
                 reference["warmup"], reference["clip_norm"]) == (4, 32, lr, "bert", 0.1, 5.0)
     small = default_recipe(prepare_finetune(options(world, "gqa"), tmp_path / "run"))
     assert small["optimizer"] == "adamw" and small["lr"] == 1e-3 and small["best_metric"] == "accuracy"
+    assert small["precision"] == fast_precision() and "precision" not in reference     # reference: fp32
     TrainConfig(**small)
 
 

@@ -44,3 +44,15 @@ def test_bad_options_files_name_the_file(tmp_path, text, message):
     with pytest.raises(PipelineError, match=message) as err:
         read_options_file(str(path))
     assert str(path) in str(err.value)
+
+
+def test_small_recipes_autocast_bf16_only_where_it_is_fast(monkeypatch):
+    from pipeline.finetune.recipe import recipe as finetune_recipe
+    from pipeline.pretraining.recipe import recipe as pretrain_recipe
+    from pipeline.training import precision
+
+    for native, on_cpu in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert precision.fast_precision("cpu") == on_cpu and precision.fast_precision("cuda:0") == "bf16"
+        assert pretrain_recipe("demo")["precision"] == on_cpu and finetune_recipe("vqa", 128)["precision"] == on_cpu
+        assert pretrain_recipe("base")["precision"] == "fp32" and "precision" not in finetune_recipe("vqa", 768)

@@ -3,8 +3,8 @@
     OUT/world/        the synthetic data root (`synth`)
     OUT/runs/         detector/ features/ pretrain/ finetune/<task>-<variant>/ (`run`'s layout)
     OUT/pictures/     detections.png, pretrain_losses.png, finetune_<task>.png, cross_attention.png
-    OUT/results.json  {task: {variant: {metric: value}}}
-    OUT/results.md    the table
+    OUT/results.json  {task: {variant: {metric: value}}}, and "differences": {task: {"A - B": interval}}
+    OUT/results.md    the table, and how sure it is (paired bootstrap over the questions)
 
 The stages are the ones a user runs on real data: `write_world` (synth), then one
 `lxmert-pipeline run` graph (train-detector -> extract -> pretrain -> the nine fine-tunings
@@ -55,7 +55,7 @@ class DemoPlan:
 PLANS = {
     # under 20 minutes on 2 cores (2 Dask workers: two fine-tunings at a time)
     "full": DemoPlan(images=2400, detector_preset="synth", detector_steps=600, extract_batch=4,
-                     model_preset="demo", pretrain_steps=2400, pretrain_batch=64,
+                     model_preset="demo", pretrain_steps=3000, pretrain_batch=64,
                      finetune_epochs=10, finetune_batch=32, nlvr2_epochs=10),
     # under 3 minutes: every stage runs, numbers are not meaningful
     "quick": DemoPlan(images=300, detector_preset="synth", detector_steps=40, extract_batch=4,
@@ -114,7 +114,28 @@ def collect_results(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def results_markdown(results: dict[str, Any], plan: DemoPlan, seconds: dict[str, float]) -> str:
+COMPARISONS = (("pretrained", "scratch"), ("pretrained", "language_only"), ("scratch", "language_only"))
+
+
+def compare_variants(out: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """{task: {"A - B": paired-bootstrap difference}} of the headline metric over the split's
+    questions: how sure the table is that pretraining helped."""
+    from pipeline.evaluation.evaluate import read_predictions, submission_name
+    from pipeline.evaluation.significance import paired_bootstrap, question_scores
+
+    differences: dict[str, dict[str, dict[str, Any]]] = {}
+    for task, split in TASK_SPLITS.items():
+        scores = {}
+        for variant in VARIANTS:
+            evaluation = out / "runs" / "finetune" / run_name(task, variant) / "evaluation" / split
+            answers = read_predictions(task, evaluation / submission_name(task, split)).answers
+            scores[variant] = question_scores(task, answers, out / "world", split)
+        differences[task] = {f"{a} - {b}": paired_bootstrap(scores[a], scores[b]).to_dict() for a, b in COMPARISONS}
+    return differences
+
+
+def results_markdown(results: dict[str, Any], plan: DemoPlan, seconds: dict[str, float],
+                     differences: dict[str, dict[str, dict[str, Any]]] | None = None) -> str:
     def cell(value):
         return "n/a" if value is None else f"{value:.2f}"
 
@@ -129,6 +150,16 @@ def results_markdown(results: dict[str, Any], plan: DemoPlan, seconds: dict[str,
                      + " | ".join(cell(results[t][variant][headline[t]]) for t in TASK_SPLITS) + " |")
     floors = [results[t].get("question_only", {}).get("majority answer per question") for t in TASK_SPLITS]
     lines.append("| question-only majority guesser (floor) | " + " | ".join(cell(f) for f in floors) + " |")
+    if differences:
+        lines += ["", "Differences of the headline metric, points, with the 95% interval of a paired bootstrap "
+                  "over the split's questions (clear = the whole interval above zero):", "",
+                  "| comparison | VQA val2014 | GQA testdev | NLVR2 dev |", "|---|---|---|---|"]
+        for a, b in COMPARISONS:
+            cells = []
+            for task in TASK_SPLITS:
+                d = differences[task][f"{a} - {b}"]
+                cells.append(f"{d['points']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" + (" clear" if d["low"] > 0 else ""))
+            lines.append(f"| {VARIANT_TITLES[a]} vs {VARIANT_TITLES[b]} | " + " | ".join(cells) + " |")
     for task in TASK_SPLITS:
         metrics = MAIN_METRICS[task]
         lines += ["", f"## {task} {TASK_SPLITS[task]}", "", "| model | " + " | ".join(metrics) + " |",
@@ -181,7 +212,9 @@ def run_demo(out: str | os.PathLike, *, quick: bool = False, workers: int | None
     pictures = draw_demo_pictures(out)
     seconds["pictures"] = time.perf_counter() - t0
     results = collect_results(out, summary)
-    write_json(out / "results.json", {**results, "plan": asdict(plan), "seconds": seconds, "pictures": pictures})
+    differences = compare_variants(out)
+    write_json(out / "results.json", {**results, "differences": differences, "plan": asdict(plan),
+                                      "seconds": seconds, "pictures": pictures})
     with atomic_open(out / "results.md", encoding="utf-8") as fh:
-        fh.write(results_markdown(results, plan, seconds))
+        fh.write(results_markdown(results, plan, seconds, differences))
     return results

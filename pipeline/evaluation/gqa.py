@@ -72,6 +72,12 @@ def chi_square_distribution(gold: Mapping[str, Mapping[str, int]],
     return float(sum_score) / sum_overall / 100
 
 
+def question_scores(questions: Mapping[str, Mapping[str, Any]], predictions: Mapping[str, str]) -> dict[str, float]:
+    """questionId -> 1.0 / 0.0 for every balanced question: the numbers `accuracy` averages."""
+    return {qid: 1.0 if predictions.get(qid) == q["answer"] else 0.0
+            for qid, q in questions.items() if q.get("isBalanced")}
+
+
 def gqa_metrics(questions: Mapping[str, Mapping[str, Any]], predictions: Mapping[str, str],
                 choices: Mapping[str, Mapping[str, list]] | None = None) -> dict[str, Any]:
     """All GQA metrics from the questions file, the predictions and (optionally) the choices file.

@@ -25,6 +25,16 @@ def consistency_group(identifier: str) -> str:
     return "-".join(parts)
 
 
+def _correct(prediction: str | None, label: Any) -> bool:
+    return prediction is not None and prediction.lower() == str(label).lower()
+
+
+def question_scores(examples: Sequence[Mapping[str, Any]], predictions: Mapping[str, str]) -> dict[str, float]:
+    """identifier -> 1.0 / 0.0 per example: the numbers `accuracy` averages."""
+    return {ex["identifier"]: 1.0 if _correct(predictions.get(ex["identifier"]), ex["label"]) else 0.0
+            for ex in examples}
+
+
 def nlvr2_metrics(examples: Sequence[Mapping[str, Any]], predictions: Mapping[str, str]) -> dict[str, Any]:
     """`examples`: the gold file's records (json lines) with `identifier` and `label`;
     `predictions`: identifier -> "True"/"False" (any case). An example without a
@@ -45,7 +55,7 @@ def nlvr2_metrics(examples: Sequence[Mapping[str, Any]], predictions: Mapping[st
         pred = predictions.get(identifier)
         if pred is None:
             missing += 1
-        if pred is not None and pred.lower() == str(label).lower():
+        if _correct(pred, label):
             correct += 1
         else:
             consistent[group] = False

@@ -20,7 +20,7 @@ summed in annotation-file order as the official does, so the float result is ide
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation.vqa_normalization import clean_whitespace, normalize_answer, process_punctuation
@@ -73,29 +73,13 @@ def vqa_metrics(annotations: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     """
     if version not in VERSIONS:
         raise ValueError(f"unknown VQA evaluation version {version!r}; choose from {VERSIONS}")
-    anns = _annotation_list(annotations)
-    if not anns:
-        raise PipelineError("VQA annotation file has no questions")
     per_question: list[float] = []
     by_answer_type: dict[str, list[float]] = {}
     by_question_type: dict[str, list[float]] = {}
     missing = 0
-    for ann in anns:
-        try:
-            qid = ann["question_id"]
-            gt = [a["answer"] for a in ann["answers"]]
-            qtype, atype = ann["question_type"], ann["answer_type"]
-        except (KeyError, TypeError) as err:
-            raise PipelineError(f"VQA annotation {ann.get('question_id', '?') if isinstance(ann, Mapping) else ann!r} "
-                                f"lacks field {err}") from None
-        if not gt:
-            raise PipelineError(f"VQA annotation for question {qid} has no answers")
-        pred = predictions.get(qid)
-        if pred is None:
-            missing += 1
-            acc = 0.0
-        else:
-            acc = question_accuracy(gt, pred, version)
+    for ann, acc in _scored(annotations, predictions, version):
+        qtype, atype = ann["question_type"], ann["answer_type"]
+        missing += predictions.get(ann["question_id"]) is None
         per_question.append(acc)
         by_question_type.setdefault(qtype, []).append(acc)
         by_answer_type.setdefault(atype, []).append(acc)
@@ -112,6 +96,32 @@ def vqa_metrics(annotations: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     result["questions"] = len(per_question)
     result["missing_predictions"] = missing
     return result
+
+
+def _scored(annotations: Mapping[str, Any] | Sequence[Mapping[str, Any]], predictions: Mapping[int, str],
+            version: str) -> Iterator[tuple[Mapping[str, Any], float]]:
+    """(annotation, accuracy in [0, 1]) per question; 0 for a question without a prediction."""
+    anns = _annotation_list(annotations)
+    if not anns:
+        raise PipelineError("VQA annotation file has no questions")
+    for ann in anns:
+        try:
+            qid = ann["question_id"]
+            gt = [a["answer"] for a in ann["answers"]]
+            ann["question_type"], ann["answer_type"]
+        except (KeyError, TypeError) as err:
+            raise PipelineError(f"VQA annotation {ann.get('question_id', '?') if isinstance(ann, Mapping) else ann!r} "
+                                f"lacks field {err}") from None
+        if not gt:
+            raise PipelineError(f"VQA annotation for question {qid} has no answers")
+        pred = predictions.get(qid)
+        yield ann, (0.0 if pred is None else question_accuracy(gt, pred, version))
+
+
+def question_scores(annotations: Mapping[str, Any] | Sequence[Mapping[str, Any]], predictions: Mapping[int, str],
+                    version: str = "2021") -> dict[int, float]:
+    """question_id -> accuracy in [0, 1]: the numbers `overall` averages."""
+    return {ann["question_id"]: acc for ann, acc in _scored(annotations, predictions, version)}
 
 
 def vqa_question_ids(annotations: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[int]:

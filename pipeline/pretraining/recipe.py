@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
+
+from pipeline.training.precision import fast_precision
 
 REFERENCE_RECIPE: dict[str, Any] = dict(epochs=20, batch_size=256, optimizer="bert", lr=1e-4, warmup=0.05,
                                         clip_norm=1.0, weight_decay=0.01, precision="fp32", log_every=100)
@@ -24,19 +25,8 @@ CPU_RECIPE: dict[str, Any] = dict(epochs=8, batch_size=64, optimizer="adamw", lr
                                   weight_decay=0.01, log_every=50)
 
 
-@lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def recipe(preset: str, device: str = "cpu") -> dict[str, Any]:
     """`TrainConfig` fields for a run of `preset` on `device` (before --config and flags)."""
     if preset not in SMALL_PRESETS:
         return dict(REFERENCE_RECIPE, device=device)
-    precision = "bf16" if device.startswith("cuda") or cpu_has_native_bf16() else "fp32"
-    return dict(CPU_RECIPE, device=device, precision=precision)
+    return dict(CPU_RECIPE, device=device, precision=fast_precision(device))
