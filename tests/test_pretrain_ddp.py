@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pretrain_world import make_world
 from training_tasks import assert_same_weights
 
@@ -10,10 +11,14 @@ from pipeline.training import RunDir, TrainConfig, train
 from workflows.train import run_training
 
 
-def test_two_gloo_workers_end_three_steps_with_the_parameters_of_one_process(tmp_path):
+# every task; and matching alone, which leaves the visual stream's last layer without a
+# gradient (DDP must not wait for it)
+@pytest.mark.parametrize("tasks", [None, ["matched"]], ids=["all-tasks", "matching-only"])
+def test_two_gloo_workers_end_three_steps_with_the_parameters_of_one_process(tmp_path, tasks):
     data, store = make_world(tmp_path)
     # dropout off: the only randomness left is the data's, which is the same in both runs
-    options = PretrainOptions(model={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    options = PretrainOptions(model={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+                              **({"tasks": tasks} if tasks else {}))
     task, summary = prepare_pretraining(store, data, tmp_path / "prepared", preset="tiny", options=options)
     config = dict(steps=3, batch_size=32, lr=1e-3, optimizer="bert", warmup=0.0, log_every=1, progress=False,
                   seed=5, val_every=3)

@@ -131,3 +131,22 @@ def test_every_task_loss_falls_on_a_small_synthetic_run(task, tmp_path):
     # matching needs grounded words, which takes far longer than a test; here it stays at
     # chance (ln 2), not worse
     assert abs(after["matched"] - np.log(2)) < 0.02
+
+
+def test_validation_measures_how_much_the_model_uses_the_image(task):
+    """`*_other_image`: the same sentences and targets shown another row's image. Where every
+    row has the same image they equal the own-image numbers exactly; with distinct images a
+    model whose outputs depend on the picture scores differently."""
+    val = task.val_data()
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    batch = val.make_batch(np.arange(min(len(val), 16)), np.random.default_rng(0), 0)
+    assert len(torch.unique(batch["visual_feats"].flatten(1), dim=0)) > 1
+    with torch.no_grad():
+        distinct = task.validate(model, [batch], 0)
+        same = {k: v[:1].expand_as(v).clone() if k in ("visual_feats", "visual_pos") else v for k, v in batch.items()}
+        one_image = task.validate(model, [same], 0)
+    assert {"mlm_other_image", "qa_accuracy_other_image"} <= distinct.keys()
+    assert one_image["mlm_other_image"] == pytest.approx(one_image["mlm"], abs=1e-6)
+    assert one_image["qa_accuracy_other_image"] == pytest.approx(one_image["qa_accuracy"], abs=1e-9)
+    assert abs(distinct["mlm_other_image"] - distinct["mlm"]) > 1e-4

@@ -94,32 +94,36 @@ class PretrainTask:
 
     def validate(self, model: torch.nn.Module, batches: Iterable[dict[str, Any]], epoch: int) -> dict[str, float]:
         """Per-task losses (means over rows) and the QA accuracy: the soft score of the
-        predicted answer (VQA-style; exact match for GQA-style labels), overall and per source."""
+        predicted answer (VQA-style; exact match for GQA-style labels), overall and per source.
+
+        The text-side numbers again with every row shown the next row's image
+        (`mlm_other_image`, `qa_accuracy_other_image`): how much the model uses the picture.
+        A model that reads the answer off the sentence alone scores the same on both.
+        """
         sources = self._data("valid", True, self.options).table.sources
         sums: dict[str, float] = collections.defaultdict(float)
-        scored: dict[str, float] = collections.defaultdict(float)
-        asked: dict[str, int] = collections.defaultdict(int)
+        # per view of the image ("" = its own, "_other_image"): source -> summed score, count
+        scored = {view: collections.defaultdict(float) for view in ("", "_other_image")}
+        asked = {view: collections.defaultdict(int) for view in ("", "_other_image")}
         rows = 0
         for batch in batches:
-            out = self._forward(model, batch)
             b = len(batch["ans"])
             rows += b
+            out = self._forward(model, batch)
             sums["loss"] += float(out.loss) * b
             for k in self.options.tasks:
                 sums[k] += float(out.loss_per_task[k]) * b
-            if out.qa_logits is None:
-                continue
-            labelled = batch["ans"] != IGNORE
-            # the model ran the QA head on the labelled rows only (CPU) or on all rows
-            logits = out.qa_logits[labelled] if out.qa_logits.shape[0] == b else out.qa_logits
-            score = batch["answer_scores"][labelled].gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
-            for src, s in zip(batch["source"][labelled].tolist(), score.tolist()):
-                scored[sources[src]] += s
-                asked[sources[src]] += 1
+            _score_answers(out.qa_logits, batch, sources, scored[""], asked[""])
+            if b > 1:
+                other = self._forward(model, _other_images(batch))
+                if "mlm" in self.options.tasks:
+                    sums["mlm_other_image"] += float(other.loss_per_task["mlm"]) * b
+                _score_answers(other.qa_logits, batch, sources, scored["_other_image"], asked["_other_image"])
         metrics = {k: v / max(rows, 1) for k, v in sums.items()}
-        if asked:
-            metrics["qa_accuracy"] = sum(scored.values()) / sum(asked.values())
-            metrics.update({f"qa_accuracy_{s}": scored[s] / asked[s] for s in sorted(asked)})
+        for view in scored:
+            if asked[view]:
+                metrics[f"qa_accuracy{view}"] = sum(scored[view].values()) / sum(asked[view].values())
+        metrics.update({f"qa_accuracy_{s}": scored[""][s] / asked[""][s] for s in sorted(asked[""])})
         return metrics
 
     # ---- outputs -------------------------------------------------------------------------
@@ -143,3 +147,27 @@ class PretrainTask:
         return cls(run_path=str(run_path), features=described["features"], data=described["data"],
                    preset=described["preset"], model_config=model, special_ids=dict(described["special_ids"]),
                    options=PretrainOptions.from_dict(described["options"]))
+
+
+# the inputs that come with the image; the sentence and its targets stay with the row
+_IMAGE_KEYS = ("visual_feats", "visual_pos", "visual_attention_mask", "obj_ids", "obj_conf", "attr_ids",
+               "attr_conf", "feat_targets", "feat_mask")
+
+
+def _other_images(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with row i shown row i+1's image (the last row the first's)."""
+    return {k: torch.roll(v, -1, dims=0) if k in _IMAGE_KEYS else v for k, v in batch.items()}
+
+
+def _score_answers(qa_logits: torch.Tensor | None, batch: dict[str, Any], sources: list[str],
+                   scored: dict[str, float], asked: dict[str, int]) -> None:
+    """Add the soft score of each labelled row's predicted answer to its source's sum."""
+    if qa_logits is None:
+        return
+    labelled = batch["ans"] != IGNORE
+    # the model ran the QA head on the labelled rows only (CPU) or on all rows
+    logits = qa_logits[labelled] if qa_logits.shape[0] == len(batch["ans"]) else qa_logits
+    score = batch["answer_scores"][labelled].gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
+    for src, s in zip(batch["source"][labelled].tolist(), score.tolist()):
+        scored[sources[src]] += s
+        asked[sources[src]] += 1

@@ -38,6 +38,23 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PROGRESS_LINE_S = 20.0   # seconds between progress lines when there is no progress bar
 
 
+class TaskLoss(torch.nn.Module):
+    """The model with its task's loss as forward: what DDP wraps.
+
+    DDP looks for unused parameters from the forward's outputs. A bare model returns outputs no
+    loss reads when a task is switched off (the visual stream when pretraining trains matching
+    alone), and DDP then waits for their gradients and fails; the loss and its parts are all
+    it needs to see.
+    """
+
+    def __init__(self, task: TrainTask, model: torch.nn.Module):
+        super().__init__()
+        self.task, self.model = task, model
+
+    def forward(self, batch: Any, epoch: int):
+        return self.task.loss(self.model, batch, epoch)
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -111,10 +128,10 @@ def train(task: TrainTask, config: TrainConfig, run: RunDir, env: DistEnv = Dist
     elif env.is_main and resume:
         log.info("no checkpoint in %s yet: starting from step 0", run.path)
 
-    ddp_model = model
+    task_loss: torch.nn.Module = TaskLoss(task, model)
     if env.distributed:
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[env.local_rank] if device.type == "cuda" else None,
+        task_loss = DistributedDataParallel(
+            task_loss, device_ids=[env.local_rank] if device.type == "cuda" else None,
             find_unused_parameters=getattr(task, "find_unused_parameters", False))
 
     # ---- helpers: checkpoint, validate, log ------------------------------------------------
@@ -184,9 +201,9 @@ def train(task: TrainTask, config: TrainConfig, run: RunDir, env: DistEnv = Dist
             for accum in range(config.grad_accum):
                 batch = _to_device(next(micro_batches), device)
                 syncing = accum == config.grad_accum - 1 or not env.distributed
-                with contextlib.nullcontext() if syncing else ddp_model.no_sync():
+                with contextlib.nullcontext() if syncing else task_loss.no_sync():
                     with autocast():
-                        loss, parts = task.loss(ddp_model, batch, epoch)
+                        loss, parts = task_loss(batch, epoch)
                     scaler.scale(loss / config.grad_accum).backward()
                 for k, v in {"loss": loss, **parts}.items():
                     v = v.detach().float()
