@@ -134,19 +134,23 @@ def test_every_task_loss_falls_on_a_small_synthetic_run(task, tmp_path):
 
 
 def test_validation_measures_how_much_the_model_uses_the_image(task):
-    """`*_other_image`: the same sentences and targets shown another row's image. Where every
-    row has the same image they equal the own-image numbers exactly; with distinct images a
-    model whose outputs depend on the picture scores differently."""
+    """`*_other_image`: the same sentences and targets shown another image of the batch. The
+    validation rows come mostly in runs of one image's sentences; every row must still be
+    shown a different image, and a batch of one image has nothing to compare with."""
+    from pipeline.pretraining.task import _other_images
+
     val = task.val_data()
     torch.manual_seed(0)
     model = task.build_model().eval()
     batch = val.make_batch(np.arange(min(len(val), 16)), np.random.default_rng(0), 0)
-    assert len(torch.unique(batch["visual_feats"].flatten(1), dim=0)) > 1
+    own = batch["visual_pos"].flatten(1)
+    assert (own[1:] == own[:-1]).all(1).any()          # neighbours that share an image
+    shown = _other_images(batch)["visual_pos"].flatten(1)
+    assert not (shown == own).all(1).any()
     with torch.no_grad():
         distinct = task.validate(model, [batch], 0)
         same = {k: v[:1].expand_as(v).clone() if k in ("visual_feats", "visual_pos") else v for k, v in batch.items()}
         one_image = task.validate(model, [same], 0)
     assert {"mlm_other_image", "qa_accuracy_other_image"} <= distinct.keys()
-    assert one_image["mlm_other_image"] == pytest.approx(one_image["mlm"], abs=1e-6)
-    assert one_image["qa_accuracy_other_image"] == pytest.approx(one_image["qa_accuracy"], abs=1e-9)
     assert abs(distinct["mlm_other_image"] - distinct["mlm"]) > 1e-4
+    assert "mlm_other_image" not in one_image and "qa_accuracy_other_image" not in one_image

@@ -96,7 +96,7 @@ class PretrainTask:
         """Per-task losses (means over rows) and the QA accuracy: the soft score of the
         predicted answer (VQA-style; exact match for GQA-style labels), overall and per source.
 
-        The text-side numbers again with every row shown the next row's image
+        The text-side numbers again with every row shown another image of the batch
         (`mlm_other_image`, `qa_accuracy_other_image`): how much the model uses the picture.
         A model that reads the answer off the sentence alone scores the same on both.
         """
@@ -114,8 +114,9 @@ class PretrainTask:
             for k in self.options.tasks:
                 sums[k] += float(out.loss_per_task[k]) * b
             _score_answers(out.qa_logits, batch, sources, scored[""], asked[""])
-            if b > 1:
-                other = self._forward(model, _other_images(batch))
+            shown_other = _other_images(batch)
+            if shown_other is not None:
+                other = self._forward(model, shown_other)
                 if "mlm" in self.options.tasks:
                     sums["mlm_other_image"] += float(other.loss_per_task["mlm"]) * b
                 _score_answers(other.qa_logits, batch, sources, scored["_other_image"], asked["_other_image"])
@@ -154,9 +155,19 @@ _IMAGE_KEYS = ("visual_feats", "visual_pos", "visual_attention_mask", "obj_ids",
                "attr_conf", "feat_targets", "feat_mask")
 
 
-def _other_images(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch with row i shown row i+1's image (the last row the first's)."""
-    return {k: torch.roll(v, -1, dims=0) if k in _IMAGE_KEYS else v for k, v in batch.items()}
+def _other_images(batch: dict[str, Any]) -> dict[str, Any] | None:
+    """The batch with each row shown the image of the next row (cyclically) that has another
+    image; None when the batch holds a single image. Consecutive examples are mostly sentences
+    of the same image, so a plain shift would show most rows their own. Images are told apart
+    by their boxes, which object masking never changes."""
+    _, image = torch.unique(batch["visual_pos"].flatten(1), dim=0, return_inverse=True)
+    image = image.tolist()
+    if len(set(image)) < 2:
+        return None
+    n = len(image)
+    source = [next((i + d) % n for d in range(1, n) if image[(i + d) % n] != image[i]) for i in range(n)]
+    index = torch.tensor(source)
+    return {k: v[index] if k in _IMAGE_KEYS else v for k, v in batch.items()}
 
 
 def _score_answers(qa_logits: torch.Tensor | None, batch: dict[str, Any], sources: list[str],

@@ -44,7 +44,8 @@ class TrainTask(Protocol):
     def val_data(self) -> BatchSource | None: ...
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total loss, per-task losses). `model` may be the DDP wrapper: call it, never `.module`."""
+        """(total loss, per-task losses). `model` is the bare model: the loop's DDP
+        wrapper sits around this call (loop.TaskLoss)."""
 
     def validate(self, model: torch.nn.Module, batches: Iterable[dict[str, Any]], epoch: int) -> dict[str, float]:
         """Metrics over a held-out split (model is in eval mode, under no_grad)."""
