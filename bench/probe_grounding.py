@@ -35,7 +35,9 @@ So LXMERT from scratch sits on a symmetric saddle when nothing but the image-wor
 predicts the target, and a weak first-order hint gets it off; the grounding it then learns
 carries over to uniform shapes and to matching. Use this probe to judge a change meant to make
 from-scratch pretraining ground words (initialisation, task curriculum, optimiser) before
-spending a pretraining run on it.
+spending a pretraining run on it. The pipeline's counterpart is the pretraining option
+`grounding_warmup_epochs` (pipeline/pretraining/grounding.py): questions and statements about
+each image's own detections, with such a hint, before the reference's tasks.
 
     python bench/probe_grounding.py [--steps 600] [--seeds 0] [--models lxmert,single]
         [--tasks presence,matching] [--shapes uniform,skewed,skewed>uniform] [--threads 2]

@@ -5,10 +5,13 @@ batch, drawing every random number from `rng` (the loop seeds it per batch, so a
 same in any process, worker or resumed run), in this order:
 
 1. cross-modality matching: with p = `mismatch_rate` a row takes the sentence of a random
-   example of another image (only when the matched task is on, as in the reference);
+   example of another image (only when the matched task is on, as in the reference). In the
+   grounding warm-up instead, a row's sentence is about its own image's detections: a
+   statement whose truth is the matching label, or (the other half) a question (grounding.py);
 2. masked LM on every WordPiece of the (possibly swapped) sentence;
 3. masked objects on the real boxes (80% zeroed / 10% another image's RoI / 10% kept);
-4. the QA answer, sampled by soft score, for matched rows with a label (from `qa_from_epoch`).
+4. the QA answer, sampled by soft score, for matched rows with a label (from `qa_from_epoch`);
+   in the warm-up, the answer to the grounding question.
 
 Pickling carries paths only: each process memory-maps the examples and the store itself.
 """
@@ -22,6 +25,7 @@ import torch
 
 from pipeline.inputs.visual import read_visual
 from pipeline.pretraining.examples import ExampleTable
+from pipeline.pretraining.grounding import load_questions, sample_presence
 from pipeline.pretraining.masking import IGNORE, mask_objects, mask_tokens, mismatch, sample_answers
 from pipeline.pretraining.options import PretrainOptions
 
@@ -38,9 +42,10 @@ class PretrainingData:
         self.answer_scores = answer_scores
         self._table: ExampleTable | None = None
         self._store = None
+        self._grounding: tuple[np.ndarray, np.ndarray, dict[str, int]] | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_table": None, "_store": None}
+        return {**self.__dict__, "_table": None, "_store": None, "_grounding": None}
 
     @property
     def table(self) -> ExampleTable:
@@ -58,17 +63,33 @@ class PretrainingData:
     def __len__(self) -> int:
         return len(self.table)
 
+    @property
+    def grounding(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """The warm-up's question and statement token ids per label, the answer ids of yes / no."""
+        if self._grounding is None:
+            self._grounding = load_questions(self.examples_dir)
+        return self._grounding
+
     def make_batch(self, indices: np.ndarray, rng: np.random.Generator, epoch: int) -> dict[str, Any]:
         t, opts = self.table, self.options
         rows = np.asarray(indices, np.int64)
         images = t.image_index[rows].astype(np.int64)
 
-        if "matched" in opts.tasks:
+        visual = read_visual(self.store, [t.image_ids[i] for i in images])
+        warmup = epoch < opts.grounding_warmup_epochs
+        if warmup:
+            questions, statements, answer_ids = self.grounding
+            asked, yes = sample_presence(visual.objects_id, visual.objects_conf, rng, num_labels=len(questions),
+                                         min_conf=opts.grounding_min_conf)
+            # half the rows state it (the matching head's target), half ask it (the QA head's)
+            stated = (rng.random(len(rows)) < 0.5) & ("matched" in opts.tasks)
+            matched = np.where(stated & (yes >= 0), yes, IGNORE)
+            ids = np.where(stated[:, None], statements[asked], questions[asked])
+        elif "matched" in opts.tasks:
             swapped_from, matched = mismatch(images, rng, pool_images=t.image_index, rate=opts.mismatch_rate)
-            text_rows = np.where(swapped_from >= 0, swapped_from, rows)
+            ids = t.input_ids[np.where(swapped_from >= 0, swapped_from, rows)].astype(np.int64)
         else:
-            matched, text_rows = np.ones(len(rows), np.int64), rows
-        ids = t.input_ids[text_rows].astype(np.int64)
+            matched, ids = np.ones(len(rows), np.int64), t.input_ids[rows].astype(np.int64)
         attention_mask = (ids != self.pad_id).astype(np.int64)
 
         if "mlm" in opts.tasks:
@@ -78,14 +99,15 @@ class PretrainingData:
         else:
             input_ids, mlm_labels = ids, np.full_like(ids, IGNORE)
 
-        visual = read_visual(self.store, [t.image_ids[i] for i in images])
         if {"obj", "attr", "feat"} & set(opts.tasks):
             features, feat_mask = mask_objects(visual.features, visual.mask > 0, rng, rate=opts.obj_mask_rate)
         else:
             features, feat_mask = visual.features, np.zeros_like(visual.mask)
 
         labels = t.labels(rows)
-        if "qa" in opts.tasks and epoch >= opts.qa_from_epoch:
+        if warmup:
+            ans = np.where(stated | (yes < 0), IGNORE, np.where(yes == 1, answer_ids["yes"], answer_ids["no"]))
+        elif "qa" in opts.tasks and epoch >= opts.qa_from_epoch:
             ans = sample_answers(labels, matched, rng)
         else:
             ans = np.full(len(rows), IGNORE, np.int64)

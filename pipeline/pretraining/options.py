@@ -10,6 +10,11 @@ has a documented alternative:
 - `qa_from_epoch`: epochs trained without the QA loss first (0 = this code's single stage;
   the paper's schedule is 10 epochs without QA, then 10 with: `qa_from_epoch=10`).
 - `qa_weight`: the QA loss's weight in the total (the EMNLP code used 2 in its second stage).
+- `grounding_warmup_epochs`: epochs at the start in which every row's sentence is about its
+  own image's detections: "is there a LABEL?" for the QA head or "there is a LABEL ." for the
+  matching head, true when the store has the label with confidence >= `grounding_min_conf`;
+  the other tasks run as usual. 0 (the reference) = none. A departure from the reference that
+  gets a from-scratch model off the grounding saddle (pretraining/grounding.py).
 
 They are recorded in RUN/config.yaml under `task_options.options` and read back from a
 `--config` file's `task:` section.
@@ -42,6 +47,8 @@ class PretrainOptions:
     visual_loss_normalizer: float = REFERENCE_VISUAL_LOSS_NORMALIZER
     qa_from_epoch: int = 0
     qa_weight: float = 1.0
+    grounding_warmup_epochs: int = 0
+    grounding_min_conf: float = 0.5
     max_answers: int = 9500               # the pretraining answer table keeps the most frequent answers
     val_max_images: int | None = 5000     # the reference validates on 5000 images of minival
     model: dict[str, Any] = field(default_factory=dict)   # LxmertConfig overrides of the preset
@@ -66,6 +73,10 @@ class PretrainOptions:
             raise ValueError(f"visual_loss_normalizer must be positive, got {self.visual_loss_normalizer}")
         if self.qa_from_epoch < 0 or self.qa_weight < 0:
             raise ValueError("qa_from_epoch and qa_weight must not be negative")
+        if self.grounding_warmup_epochs < 0 or not 0.0 <= self.grounding_min_conf <= 1.0:
+            raise ValueError("grounding_warmup_epochs must not be negative and grounding_min_conf must be in [0, 1]")
+        if self.grounding_warmup_epochs and "qa" not in self.tasks:
+            raise ValueError("the grounding warm-up asks questions: it needs the qa task")
         if self.max_answers < 1:
             raise ValueError(f"max_answers must be at least 1, got {self.max_answers}")
         if self.visual_label_loss_scope == "masked" and "feat" not in self.tasks:

@@ -14,6 +14,7 @@ recorded task is rebuilt instead, and only the store is checked against it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from typing import Any
 from model.configuration_lxmert import LxmertConfig
 from pipeline.errors import PipelineError
 from pipeline.inputs import check_store_fits, config_for_store, run_tokenizer
+from pipeline.pretraining import grounding
 from pipeline.pretraining.examples import (ExampleCounts, answer_table, build_examples, read_entries, source_names,
                                            usable_entries)
 from pipeline.pretraining.options import PretrainOptions
@@ -76,13 +78,18 @@ def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, ou
     if not usable:
         raise PipelineError(f"no usable pretraining examples: none of the {counts.missing_images} images of the "
                             f"annotations is in the feature store {features}", data)
+    names = grounding.detector_label_names(meta, data) if options.grounding_warmup_epochs else None
 
-    tokenizer = run_tokenizer(run.path, vocab=vocab, corpus=lambda: (
-        s for e in usable for src in sources for s in e.sentf.get(src, ())))
+    # the warm-up's questions are part of the corpus a learnt vocabulary must cover
+    warmup_questions = [f(n) for n in names for f in (grounding.question, grounding.statement)] if names else []
+    tokenizer = run_tokenizer(run.path, vocab=vocab, corpus=lambda: itertools.chain(
+        (s for e in usable for src in sources for s in e.sentf.get(src, ())), warmup_questions))
     answer_vocab = None
     if "qa" in options.tasks:
         qa_sources = [s for s in sources if any(s in e.labelf for e in usable)]
         answer_vocab = AnswerVocab.load(answers) if answers else answer_table(usable, qa_sources, options.max_answers)
+        if names is not None:   # the warm-up's answers
+            answer_vocab = AnswerVocab(answer_vocab.answers + [a for a in grounding.ANSWERS if a not in answer_vocab])
         if not len(answer_vocab):
             log.warning("no QA answers among the sources %s: pretraining without the QA task", sources)
             options = options.replace(tasks=[t for t in options.tasks if t != "qa"])
@@ -91,6 +98,9 @@ def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, ou
         answer_vocab.save(run.path / ANSWERS)
 
     summary = {"sources": sources, "train": _write_split(run, "train", usable, sources, tokenizer, answer_vocab, counts)}
+    if names is not None:
+        grounding.write_questions(run.path / DATA_DIR / "train", names, tokenizer,
+                                  {a: answer_vocab.label(a) for a in grounding.ANSWERS})
     valid = read_entries(data, "valid")
     shutil.rmtree(run.path / DATA_DIR / "valid", ignore_errors=True)
     if valid:

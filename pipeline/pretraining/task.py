@@ -71,9 +71,9 @@ class PretrainTask:
     def val_data(self) -> PretrainingData | None:
         if not is_complete(Path(self.run_path) / DATA_DIR / "valid"):
             return None
-        # validation scores every task, QA included before `qa_from_epoch`, so its curves
-        # are comparable across the whole run
-        data = self._data("valid", True, self.options.replace(qa_from_epoch=0))
+        # validation scores the reference's tasks, QA included before `qa_from_epoch` and in the
+        # grounding warm-up, so its curves are comparable across the whole run
+        data = self._data("valid", True, self.options.replace(qa_from_epoch=0, grounding_warmup_epochs=0))
         return data if len(data) else None
 
     # ---- losses --------------------------------------------------------------------------
