@@ -132,7 +132,7 @@ def test_warm_up_options_are_checked():
 
 @pytest.mark.slow
 def test_with_the_warm_up_a_small_run_learns_matching(tmp_path):
-    """Issue 6's "every task's loss falling", matching included (about 7 minutes on 2 cores):
+    """Issue 6's "every task's loss falling", matching included (about 5 minutes on 2 cores):
     the `demo` preset on a 2400-image world's ground-truth regions, 2 Dask workers, the demo's
     2 warm-up epochs. The reference recipe leaves the matching loss at ln 2 = 0.693 here
     (README: still 0.694 after 4200 steps); measured with the warm-up: 0.566 at step 2400."""

@@ -69,12 +69,16 @@ def detector_label_names(metadata, data_dir: str | os.PathLike | None = None) ->
                         f"labels; no vocabulary of that size found (tried: {', '.join(tried) or 'none'})")
 
 
+def _with_article(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def question(name: str) -> str:
-    return f"is there {'an' if name[:1].lower() in 'aeiou' else 'a'} {name}?"
+    return f"is there {_with_article(name)}?"
 
 
 def statement(name: str) -> str:
-    return f"there is {'an' if name[:1].lower() in 'aeiou' else 'a'} {name} ."
+    return f"there is {_with_article(name)} ."
 
 
 def write_questions(directory: str | os.PathLike, names: Sequence[str], tokenizer, answer_ids: dict[str, int]) -> None:
