@@ -40,8 +40,9 @@ GQA_SPLITS = ("train", "val", "testdev")
 
 
 def labelled_regions(world: Path, store: FeatureStore, split: str, shapes: list[str], colours: list[str]):
-    """(features (R, D), shape ids (R,), colour ids (R,), detector object/attribute names (R, 2),
-    true attributes per region) of the regions covering an object of the split's images."""
+    """(features (R, D), shape ids (R,), colour ids (R,) (-1: no colour), the detector's
+    (object id, attribute id) per region, the object's (name, attributes) per region) of the
+    regions covering an object of the split's images."""
     graphs = json.loads((world / "gqa" / f"{split}_sceneGraphs.json").read_text(encoding="utf-8"))
     feats, shape_ids, colour_ids, predicted, truth = [], [], [], [], []
     for image_id, graph in graphs.items():

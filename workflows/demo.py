@@ -56,7 +56,7 @@ PLANS = {
     # under 20 minutes on 2 cores (2 Dask workers: two fine-tunings at a time). The world is
     # large for its step counts on purpose: LXMERT's premise is a pretraining corpus far larger
     # than any fine-tuning set, and the steps, not the images, cost the time (6000 images add
-    # ~1.5 min of synth and extraction over 2400). Measured on ground-truth regions, same 3000
+    # ~1.2 min of synth and extraction over 2400). Measured on ground-truth regions, same 3000
     # pretraining steps: on a 2400-image world (1344 pretraining images, 10 fine-tuning epochs)
     # pretraining added 1.6 VQA points; on a 6000-image world (3360 pretraining images, the
     # reference's 4 fine-tuning epochs: the same fine-tuning steps) it added 14.0 (59.73 vs 45.75;
@@ -100,7 +100,8 @@ def pipeline_values(out: Path, plan: DemoPlan, workers: int | None) -> dict[str,
         "data": str(out / "world"), "out": str(out / "runs"), "device": "cpu", "workers": workers or default_workers(),
         "detector": {"preset": plan.detector_preset, "train": {"steps": plan.detector_steps}},
         "extract": {"preset": plan.detector_preset, "batch_size": plan.extract_batch, "shard_size": 500},
-        # one validation, at the end: each pass over the 480 held-out images costs ~15 s
+        # one validation, at the end (the per-epoch ones cost nothing measurable: 439 vs 436 s of
+        # pretraining; kept because the README's table comes from runs with this setting)
         "pretrain": {"preset": plan.model_preset,
                      "train": {"steps": plan.pretrain_steps, "batch_size": plan.pretrain_batch,
                                "val_every": plan.pretrain_steps}},
