@@ -51,6 +51,12 @@ def test_run_chains_every_stage_then_resumes_and_refuses_changed_settings(tmp_pa
     assert record["task_options"]["init"]["answers_matched"] >= 1   # rows carried over from the pretraining head
     printed = capsys.readouterr().out
     assert "evaluate vqa val2014: overall" in printed
+    # the fine-tunings go out in the config's order, one per worker thread (2 here): the third
+    # is submitted only when one of the first two has ended
+    first, second, third = yaml.safe_load(config.read_text())["finetune"]
+    started = {n: (out / "finetune" / n / "pipeline-stage.json").stat().st_mtime_ns for n in TINY["finetune"]}
+    ended = {n: (out / "finetune" / n / "final" / "config.json").stat().st_mtime_ns for n in TINY["finetune"]}
+    assert started[third] >= min(ended[first], ended[second])
 
     # predict: the run's own detector (random, seeded) extracts a new image's regions on the spot
     image = next((world / "images").glob("COCO_val2014_*.jpg"))

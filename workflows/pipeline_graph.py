@@ -2,12 +2,15 @@
 
     detector (optional) -> extract -> pretrain (optional) -> finetune <name> ... -> evaluate <name>/<split> ...
 
-Every stage is one task of the graph, submitted at once with its upstream stages' futures
-as arguments, so Dask orders them and runs independent ones side by side: the fine-tunings
-run in parallel when there are workers for them (each trains in its worker's process), and
-each evaluation starts as soon as its run is done. Stages that fan out themselves (the
-extraction's shard tasks, pretraining's DDP ranks over every worker) submit their tasks to
-the same cluster from inside the stage (`worker_client`).
+Every stage is one task of the graph, submitted with its upstream stages' futures as
+arguments, so Dask orders them and runs independent ones side by side: the fine-tunings run
+in parallel when there are workers for them (each trains in its worker's process), and each
+evaluation starts as soon as its run is done. The fine-tunings go out in the config's order,
+one per free worker thread, instead of all at once: Dask places every ready task on a worker
+up front, knowing nothing of how long each takes, so the longest run could start last on a
+busy worker while the other sat idle (list long runs first; the demo does). Stages that fan
+out themselves (the extraction's shard tasks, pretraining's DDP ranks over every worker)
+submit their tasks to the same cluster from inside the stage (`worker_client`).
 
 Re-running: each stage directory holds `pipeline-stage.json`, a fingerprint of the settings
 it was made with (its config section and its inputs). A stage whose outputs are complete
@@ -217,25 +220,36 @@ def evaluate_stage(cfg: PipelineConfig, name: str, split: str, run: str) -> dict
 
 # ---- the graph -----------------------------------------------------------------------------
 
-def submit_pipeline(client, cfg: PipelineConfig) -> dict[str, Any]:
-    """Submit every stage at once; returns {stage name: future}."""
-    def submit(key: str, fn, *args):
-        return client.submit(fn, *args, key=f"{key}-{time.time_ns()}", pure=False, retries=0)
+def _submit(client, key: str, fn, *args):
+    return client.submit(fn, *args, key=f"{key}-{time.time_ns()}", pure=False, retries=0)
 
+
+def submit_stages(client, cfg: PipelineConfig) -> dict[str, Any]:
+    """Submit the stages before the fine-tunings (detector, extract, pretrain); returns
+    {stage name: future}."""
     futures: dict[str, Any] = {}
     detector = None
     if cfg.detector is not None:
-        detector = futures["detector"] = submit("detector", detector_stage, cfg)
-    store = futures["extract"] = submit("extract", extract_stage, cfg, detector)
-    pretrain = None
+        detector = futures["detector"] = _submit(client, "detector", detector_stage, cfg)
+    futures["extract"] = _submit(client, "extract", extract_stage, cfg, detector)
     if cfg.pretrain is not None:
-        pretrain = futures["pretrain"] = submit("pretrain", pretrain_stage, cfg, store)
-    for name in cfg.finetune:
-        run = futures[f"finetune {name}"] = submit(f"finetune-{name}", finetune_stage, cfg, name, store, pretrain)
-        for split in cfg.splits(name):
-            futures[f"evaluate {name} {split}"] = submit(f"evaluate-{name}-{split}", evaluate_stage, cfg, name,
-                                                         split, run)
+        futures["pretrain"] = _submit(client, "pretrain", pretrain_stage, cfg, futures["extract"])
     return futures
+
+
+def submit_finetune(client, cfg: PipelineConfig, name: str, upstream: dict[str, Any]) -> dict[str, Any]:
+    """Submit fine-tuning `name` and its evaluations; returns {stage name: future}."""
+    run = _submit(client, f"finetune-{name}", finetune_stage, cfg, name, upstream["extract"],
+                  upstream.get("pretrain"))
+    futures = {f"finetune {name}": run}
+    for split in cfg.splits(name):
+        futures[f"evaluate {name} {split}"] = _submit(client, f"evaluate-{name}-{split}", evaluate_stage, cfg, name,
+                                                      split, run)
+    return futures
+
+
+def worker_threads(client) -> int:
+    return max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
@@ -248,11 +262,24 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     with dask_client(workers=cfg.workers, scheduler=cfg.scheduler, device=cfg.device) as client:
         for logger in _FORWARDED_LOGGERS:
             client.forward_logging(logger, level=logging.INFO)
-        futures = submit_pipeline(client, cfg)
+        futures = submit_stages(client, cfg)
+        upstream = dict(futures)
+        waiting = list(cfg.finetune)
         names = {f.key: name for name, f in futures.items()}
+        pending = as_completed(list(futures.values()))
+
+        def start_next_finetune() -> None:
+            submitted = submit_finetune(client, cfg, waiting.pop(0), upstream)
+            futures.update(submitted)
+            for name, future in submitted.items():
+                names[future.key] = name
+                pending.add(future)
+
+        for _ in range(min(worker_threads(client), len(waiting))):
+            start_next_finetune()
         results: dict[str, Any] = {}
         try:
-            for future in as_completed(list(futures.values())):
+            for future in pending:
                 name = names[future.key]
                 try:
                     results[name] = future.result()
@@ -260,6 +287,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                     raise
                 except Exception as err:  # noqa: BLE001 - one line naming the stage
                     raise PipelineError(f"stage {name!r} failed: {type(err).__name__}: {err}") from err
+                if name.startswith("finetune ") and waiting:
+                    start_next_finetune()
         finally:
             client.cancel([f for f in futures.values() if not f.done()])
         return {name: results[name] for name in futures}

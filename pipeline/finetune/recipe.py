@@ -8,7 +8,7 @@
   reference lr moves a 32-wide model too little to learn anything in a few epochs. Measured
   on a 2000-image synthetic world (see the fine-tuning report in the commit log): AdamW
   (bias correction matters in runs of a few hundred steps) at lr 1e-3 with a short warm-up,
-  bf16 autocast where the CPU multiplies bf16 natively (as pretraining's recipe).
+  bf16 autocast where it is measured faster on this CPU (as pretraining's recipe).
 """
 
 from __future__ import annotations
