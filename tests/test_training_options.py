@@ -58,4 +58,3 @@ def test_small_recipes_autocast_bf16_only_where_it_is_fast(monkeypatch):
         assert precision.fast_precision("cpu") == on_cpu and precision.fast_precision("cuda:0") == "bf16"
         assert pretrain_recipe("demo")["precision"] == on_cpu and finetune_recipe("vqa", 128)["precision"] == on_cpu
         assert pretrain_recipe("base")["precision"] == "fp32" and "precision" not in finetune_recipe("vqa", 768)
-

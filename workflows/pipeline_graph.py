@@ -238,7 +238,8 @@ def submit_stages(client, cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def submit_finetune(client, cfg: PipelineConfig, name: str, upstream: dict[str, Any]) -> dict[str, Any]:
-    """Submit fine-tuning `name` and its evaluations; returns {stage name: future}."""
+    """Submit fine-tuning `name` and its evaluations after `upstream`'s extract (and pretrain)
+    futures; returns {stage name: future}."""
     run = _submit(client, f"finetune-{name}", finetune_stage, cfg, name, upstream["extract"],
                   upstream.get("pretrain"))
     futures = {f"finetune {name}": run}
@@ -248,7 +249,7 @@ def submit_finetune(client, cfg: PipelineConfig, name: str, upstream: dict[str, 
     return futures
 
 
-def worker_threads(client) -> int:
+def _worker_threads(client) -> int:
     return max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
 
 
@@ -263,19 +264,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         for logger in _FORWARDED_LOGGERS:
             client.forward_logging(logger, level=logging.INFO)
         futures = submit_stages(client, cfg)
-        upstream = dict(futures)
         waiting = list(cfg.finetune)
         names = {f.key: name for name, f in futures.items()}
         pending = as_completed(list(futures.values()))
 
         def start_next_finetune() -> None:
-            submitted = submit_finetune(client, cfg, waiting.pop(0), upstream)
+            submitted = submit_finetune(client, cfg, waiting.pop(0), futures)
             futures.update(submitted)
             for name, future in submitted.items():
                 names[future.key] = name
                 pending.add(future)
 
-        for _ in range(min(worker_threads(client), len(waiting))):
+        for _ in range(min(_worker_threads(client), len(waiting))):
             start_next_finetune()
         results: dict[str, Any] = {}
         try:

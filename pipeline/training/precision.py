@@ -3,8 +3,9 @@
 The CPU flags alone do not settle it. Two 2-core machines, both with AVX512-BF16, measured
 bf16 matmuls at 4.4x the fp32 rate (an EPYC: 790 vs 180 GFLOP/s; the `demo` pretraining step
 1.3x faster in bf16 autocast) and at 0.5x (a Xeon without AMX: 167 vs 302 GFLOP/s at 512x512,
-2 threads; the `demo` step 1.4x slower, 130 vs 95 ms at batch 32 on one thread). So bf16 is chosen where the flags allow it and a
-short matmul measurement shows it clearly faster; the run's config.yaml records the choice.
+2 threads; the `demo` step 1.4x slower, 130 vs 95 ms at batch 32 on one thread). So bf16 is
+chosen where the flags allow it and a short matmul measurement shows it clearly faster; the
+run's config.yaml records the choice.
 """
 
 from __future__ import annotations
