@@ -73,6 +73,34 @@ def warm_task(world, tmp_path_factory):
     return task
 
 
+def _grounding_kind(batch, i, questions, statements):
+    """(label, "asked" | "stated") of row i's sentence, or None when it is no grounding sentence."""
+    label_of = {tuple(q[q != 0]): (k, "asked") for k, q in enumerate(questions)}
+    label_of.update({tuple(q[q != 0]): (k, "stated") for k, q in enumerate(statements)})
+    text = batch["labels"][i].where(batch["labels"][i] >= 0, batch["input_ids"][i])   # undo the word masking
+    return label_of.get(tuple(text[batch["attention_mask"][i] > 0].tolist()))
+
+
+def _check_grounding_rows(batch, rows, questions, statements, answer_ids) -> set[str]:
+    """Each of `rows` is a grounding sentence whose target is the truth about its own detections."""
+    kinds = set()
+    for i in rows:
+        label, kind = _grounding_kind(batch, i, questions, statements)
+        kinds.add(kind)
+        if kind == "asked":
+            assert batch["matched_label"][i] == -100
+            true = batch["ans"][i] == answer_ids["yes"]
+            assert true or batch["ans"][i] == answer_ids["no"]
+        else:
+            assert batch["ans"][i] == -100
+            true = batch["matched_label"][i] == 1
+        if true:
+            assert label in batch["obj_ids"][i][batch["obj_conf"][i] >= 0.5].tolist()
+        else:
+            assert label not in batch["obj_ids"][i].tolist()
+    return kinds
+
+
 def test_the_warm_up_asks_or_states_about_each_row_s_own_image(warm_task):
     task = warm_task
     source = task.train_data()
@@ -88,25 +116,7 @@ def test_the_warm_up_asks_or_states_about_each_row_s_own_image(warm_task):
     warm = source.make_batch(rows, np.random.default_rng(0), 0)
     plain = source.make_batch(rows, np.random.default_rng(0), 1)
     assert torch.equal(warm["visual_pos"], plain["visual_pos"])   # the image shown is the row's
-    label_of = {tuple(q[q != 0]): (k, "asked") for k, q in enumerate(questions)}
-    label_of.update({tuple(q[q != 0]): (k, "stated") for k, q in enumerate(statements)})
-    kinds = set()
-    for i in range(len(rows)):
-        text = warm["labels"][i].where(warm["labels"][i] >= 0, warm["input_ids"][i])   # undo the word masking
-        label, kind = label_of[tuple(text[warm["attention_mask"][i] > 0].tolist())]
-        kinds.add(kind)
-        if kind == "asked":
-            assert warm["matched_label"][i] == -100
-            true = warm["ans"][i] == answer_ids["yes"]
-            assert true or warm["ans"][i] == answer_ids["no"]
-        else:
-            assert warm["ans"][i] == -100
-            true = warm["matched_label"][i] == 1
-        # the answer is the truth about the row's own detections
-        if true:
-            assert label in warm["obj_ids"][i][warm["obj_conf"][i] >= 0.5].tolist()
-        else:
-            assert label not in warm["obj_ids"][i].tolist()
+    kinds = _check_grounding_rows(warm, range(len(rows)), questions, statements, answer_ids)
     assert kinds == {"asked", "stated"}
     assert task.val_data().options.grounding_warmup_epochs == 0
 
@@ -123,11 +133,36 @@ def test_after_the_warm_up_batches_are_the_reference_s(warm_task, world, tmp_pat
             assert torch.equal(warm[key], plain[key]), key
 
 
+def test_a_grounding_rate_keeps_a_share_of_grounding_rows_after_the_warm_up(world, tmp_path):
+    data, store = world
+    options = PretrainOptions(grounding_rate=0.3)
+    task, _ = prepare_pretraining(store, data, tmp_path / "run", preset="tiny", options=options)
+    questions, statements, answer_ids = load_questions(f"{task.run_path}/data/train")
+    source = task.train_data()
+    rows = np.arange(min(len(source), 200))
+    batch = source.make_batch(rows, np.random.default_rng(5), 3)
+    grounded = [i for i in range(len(rows)) if _grounding_kind(batch, i, questions, statements)]
+    assert abs(len(grounded) / len(rows) - 0.3) < 0.1
+    assert _check_grounding_rows(batch, grounded, questions, statements, answer_ids) == {"asked", "stated"}
+    # the other rows are the reference's: table sentences, matched or swapped (both occur)
+    others = [i for i in range(len(rows)) if i not in set(grounded)]
+    assert set(batch["matched_label"][others].tolist()) == {0, 1}
+    # validation scores the reference tasks only
+    val = task.val_data()
+    assert val.options.grounding_rate == 0.0
+    vb = val.make_batch(np.arange(min(len(val), 64)), np.random.default_rng(5), 3)
+    assert not any(_grounding_kind(vb, i, questions, statements) for i in range(len(vb["input_ids"])))
+
+
 def test_warm_up_options_are_checked():
     with pytest.raises(ValueError, match="needs the qa task"):
         PretrainOptions(grounding_warmup_epochs=1, tasks=["mlm", "matched"])
     with pytest.raises(ValueError, match="must not be negative"):
         PretrainOptions(grounding_warmup_epochs=-1)
+    with pytest.raises(ValueError, match="needs the qa task"):
+        PretrainOptions(grounding_rate=0.2, tasks=["mlm", "matched"])
+    with pytest.raises(ValueError, match="grounding_rate must be in"):
+        PretrainOptions(grounding_rate=1.5)
 
 
 @pytest.mark.slow

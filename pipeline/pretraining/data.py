@@ -6,12 +6,13 @@ same in any process, worker or resumed run), in this order:
 
 1. cross-modality matching: with p = `mismatch_rate` a row takes the sentence of a random
    example of another image (only when the matched task is on, as in the reference). In the
-   grounding warm-up instead, a row's sentence is about its own image's detections: a
-   statement whose truth is the matching label, or (the other half) a question (grounding.py);
+   grounding warm-up instead (and for a `grounding_rate` share of the rows after it), a row's
+   sentence is about its own image's detections: a statement whose truth is the matching
+   label, or (the other half) a question (grounding.py);
 2. masked LM on every WordPiece of the (possibly swapped) sentence;
 3. masked objects on the real boxes (80% zeroed / 10% another image's RoI / 10% kept);
 4. the QA answer, sampled by soft score, for matched rows with a label (from `qa_from_epoch`);
-   in the warm-up, the answer to the grounding question.
+   for a grounding row, the answer to its question.
 
 Pickling carries paths only: each process memory-maps the examples and the store itself.
 """
@@ -76,20 +77,28 @@ class PretrainingData:
         images = t.image_index[rows].astype(np.int64)
 
         visual = read_visual(self.store, [t.image_ids[i] for i in images])
-        warmup = epoch < opts.grounding_warmup_epochs
-        if warmup:
-            questions, statements, answer_ids = self.grounding
-            asked, yes = sample_presence(visual.objects_id, visual.objects_conf, rng, num_labels=len(questions),
-                                         min_conf=opts.grounding_min_conf)
-            # half the rows state it (the matching head's target), half ask it (the QA head's)
-            stated = (rng.random(len(rows)) < 0.5) & ("matched" in opts.tasks)
-            matched = np.where(stated & (yes >= 0), yes, IGNORE)
-            ids = np.where(stated[:, None], statements[asked], questions[asked])
-        elif "matched" in opts.tasks:
+        # grounding rows: every row in the warm-up, a `grounding_rate` share of each batch after it
+        if epoch < opts.grounding_warmup_epochs:
+            grounded = np.ones(len(rows), bool)
+        elif opts.grounding_rate:
+            grounded = rng.random(len(rows)) < opts.grounding_rate
+        else:
+            grounded = np.zeros(len(rows), bool)
+        if "matched" in opts.tasks and not grounded.all():
             swapped_from, matched = mismatch(images, rng, pool_images=t.image_index, rate=opts.mismatch_rate)
             ids = t.input_ids[np.where(swapped_from >= 0, swapped_from, rows)].astype(np.int64)
         else:
             matched, ids = np.ones(len(rows), np.int64), t.input_ids[rows].astype(np.int64)
+        if grounded.any():
+            questions, statements, answer_ids = self.grounding
+            asked, yes = sample_presence(visual.objects_id[grounded], visual.objects_conf[grounded], rng,
+                                         num_labels=len(questions), min_conf=opts.grounding_min_conf)
+            # half the rows state it (the matching head's target), half ask it (the QA head's)
+            stated = (rng.random(len(asked)) < 0.5) & ("matched" in opts.tasks)
+            matched[grounded] = np.where(stated & (yes >= 0), yes, IGNORE)
+            ids[grounded] = np.where(stated[:, None], statements[asked], questions[asked])
+            grounding_ans = np.where(stated | (yes < 0), IGNORE,
+                                     np.where(yes == 1, answer_ids["yes"], answer_ids["no"]))
         attention_mask = (ids != self.pad_id).astype(np.int64)
 
         if "mlm" in opts.tasks:
@@ -105,13 +114,12 @@ class PretrainingData:
             features, feat_mask = visual.features, np.zeros_like(visual.mask)
 
         labels = t.labels(rows)
-        if warmup:
-            ans = np.where(stated | (yes < 0), IGNORE, np.where(yes == 1, answer_ids["yes"], answer_ids["no"]))
-        elif "qa" in opts.tasks and epoch >= opts.qa_from_epoch:
+        if "qa" in opts.tasks and epoch >= opts.qa_from_epoch:
             ans = sample_answers(labels, matched, rng)
         else:
             ans = np.full(len(rows), IGNORE, np.int64)
-
+        if grounded.any():
+            ans[grounded] = grounding_ans
         batch = {
             "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(ids),
             "visual_feats": features, "visual_pos": visual.boxes,

@@ -15,6 +15,8 @@ has a documented alternative:
   matching head, true when the store has the label with confidence >= `grounding_min_conf`;
   the other tasks run as usual. 0 (the reference) = none. A departure from the reference that
   gets a from-scratch model off the grounding saddle (pretraining/grounding.py).
+- `grounding_rate`: after the warm-up, the share of each batch's rows that still get such a
+  sentence (0, the reference, = none): without it the reference tasks unlearn the grounding.
 
 They are recorded in RUN/config.yaml under `task_options.options` and read back from a
 `--config` file's `task:` section.
@@ -49,6 +51,7 @@ class PretrainOptions:
     qa_weight: float = 1.0
     grounding_warmup_epochs: int = 0
     grounding_min_conf: float = 0.5
+    grounding_rate: float = 0.0
     max_answers: int = 9500               # the pretraining answer table keeps the most frequent answers
     val_max_images: int | None = 5000     # the reference validates on 5000 images of minival
     model: dict[str, Any] = field(default_factory=dict)   # LxmertConfig overrides of the preset
@@ -75,12 +78,18 @@ class PretrainOptions:
             raise ValueError("qa_from_epoch and qa_weight must not be negative")
         if self.grounding_warmup_epochs < 0 or not 0.0 <= self.grounding_min_conf <= 1.0:
             raise ValueError("grounding_warmup_epochs must not be negative and grounding_min_conf must be in [0, 1]")
-        if self.grounding_warmup_epochs and "qa" not in self.tasks:
-            raise ValueError("the grounding warm-up asks questions: it needs the qa task")
+        if not 0.0 <= self.grounding_rate <= 1.0:
+            raise ValueError(f"grounding_rate must be in [0, 1], got {self.grounding_rate}")
+        if self.uses_grounding and "qa" not in self.tasks:
+            raise ValueError("the grounding sentences ask questions: grounding needs the qa task")
         if self.max_answers < 1:
             raise ValueError(f"max_answers must be at least 1, got {self.max_answers}")
         if self.visual_label_loss_scope == "masked" and "feat" not in self.tasks:
             raise ValueError("visual_label_loss_scope 'masked' needs the feat task (its mask)")
+
+    @property
+    def uses_grounding(self) -> bool:
+        return bool(self.grounding_warmup_epochs or self.grounding_rate)
 
     def model_flags(self) -> dict[str, Any]:
         """The `LxmertConfig` fields these options decide."""

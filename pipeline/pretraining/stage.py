@@ -78,7 +78,7 @@ def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, ou
     if not usable:
         raise PipelineError(f"no usable pretraining examples: none of the {counts.missing_images} images of the "
                             f"annotations is in the feature store {features}", data)
-    names = grounding.detector_label_names(meta, data) if options.grounding_warmup_epochs else None
+    names = grounding.detector_label_names(meta, data) if options.uses_grounding else None
 
     # the warm-up's questions are part of the corpus a learnt vocabulary must cover
     warmup_questions = [f(n) for n in names for f in (grounding.question, grounding.statement)] if names else []

@@ -73,7 +73,8 @@ class PretrainTask:
             return None
         # validation scores the reference's tasks, QA included before `qa_from_epoch` and in the
         # grounding warm-up, so its curves are comparable across the whole run
-        data = self._data("valid", True, self.options.replace(qa_from_epoch=0, grounding_warmup_epochs=0))
+        options = self.options.replace(qa_from_epoch=0, grounding_warmup_epochs=0, grounding_rate=0.0)
+        data = self._data("valid", True, options)
         return data if len(data) else None
 
     # ---- losses --------------------------------------------------------------------------
