@@ -7,12 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from feature_data import make_image
+from feature_data import make_image, make_store
 from PIL import Image
 
 from model import LxmertConfig, LxmertForQuestionAnswering
 from model.tokenizer import train_wordpiece
+from pipeline.finetune.splits import QuestionExample
 from pipeline.pictures import cross_attention_map, draw_attention, draw_regions, plot_training_curves
+from workflows.demo_pictures import pick_shown_question
 
 
 def _is_png(path) -> bool:
@@ -60,3 +62,24 @@ def test_cross_attention_rows_are_distributions_over_the_real_regions(tmp_path):
     image = np.zeros((120, 160, 3), np.uint8)
     pixel_boxes = boxes[0, :4].numpy() * [160, 120, 160, 120]
     assert _is_png(draw_attention(image, pixel_boxes, amap, tmp_path / "att.png", top=3, title="q"))
+
+
+def test_the_demo_shows_the_question_whose_object_was_detected_most_confidently(tmp_path):
+    objects = ["circle", "square", "star"]
+    images = []
+    for i, (obj, conf) in enumerate([(0, 0.3), (1, 0.95), (1, 0.5), (2, 0.99)]):
+        im = make_image(i, num_boxes=4, dim=8, num_objects=3)
+        im.objects_id[:] = [obj, 2, 2, 2] if obj != 2 else [2, 0, 0, 0]
+        im.objects_conf[:] = [conf, 0.1, 0.1, 0.1]
+        images.append(im)
+    store = make_store(tmp_path / "store", images)
+    questions = [QuestionExample(1, "img000000", "What color is the circle?"),
+                 QuestionExample(2, "img000001", "Is there a square?"),           # not a colour question
+                 QuestionExample(3, "img000002", "What color is the square?"),
+                 QuestionExample(4, "img000001", "What color is the square?"),
+                 QuestionExample(5, "img000003", "What color is the circle?")]     # its circles: 0.1
+    assert pick_shown_question(questions, store, objects).question_id == 4
+    assert pick_shown_question(questions[:2], store, objects).question_id == 1
+    # no colour question names a detected object: the first question
+    assert pick_shown_question([questions[1]], store, objects).question_id == 2
+    assert pick_shown_question([], store, objects) is None

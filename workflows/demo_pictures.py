@@ -39,6 +39,22 @@ def draw_detections(world: Path, store, out: Path, count: int = 6) -> Path:
     return save_figure(figure, out)
 
 
+def pick_shown_question(questions, store, objects: list[str], limit: int = 300):
+    """The question the attention picture shows: among the first `limit` "what color ..."
+    questions, the one whose named object the detector saved most confidently (a picture of
+    boxes on empty background explains nothing); the first question when none names one.
+    Chosen by the detections only, never by whether the model answers it right."""
+    best, best_conf = None, 0.0
+    for q in [q for q in questions if q.sentence.lower().startswith("what color")][:limit]:
+        sentence = " " + q.sentence.lower().rstrip("?") + " "
+        regions = store.get(q.image_id)
+        conf = max((float(c) for o, c in zip(regions.objects_id, regions.objects_conf)
+                    if 0 <= o < len(objects) and f" {objects[o].lower()} " in sentence), default=0.0)
+        if conf > best_conf:
+            best, best_conf = q, conf
+    return best or (questions[0] if questions else None)
+
+
 def draw_question_attention(world: Path, run: Path, store, out: Path) -> Path | None:
     """A validation VQA question answered by the pretrained + fine-tuned model, with the
     regions its words attend to in the last cross-modality layer."""
@@ -50,15 +66,12 @@ def draw_question_attention(world: Path, run: Path, store, out: Path) -> Path | 
     from pipeline.readers import DataRoot
 
     loaded = load_finetuned(run)
-    questions = read_vqa_split(world, "val2014")
-    # a question about an object's look reads best in a picture; any question otherwise
-    chosen = next((q for q in questions if q.sentence.lower().startswith("what color")), questions[0] if questions
-                  else None)
+    objects, attributes = _label_names(store)
+    chosen = pick_shown_question(read_vqa_split(world, "val2014"), store, objects)
     if chosen is None:
         return None
     regions = store.get(chosen.image_id)
     reply = ask(loaded, chosen.sentence, [regions], store.metadata, top=3)
-    objects, attributes = _label_names(store)
     names = [f"{attributes[a]} {objects[o]}" for o, a in zip(regions.objects_id, regions.attrs_id)]
     answer, prob = reply.answers[0]
     title = f"Q: {chosen.sentence}   predicted: {answer} ({prob:.2f})   annotators: {chosen.answer}"
