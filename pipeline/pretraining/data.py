@@ -114,7 +114,7 @@ class PretrainingData:
             features, feat_mask = visual.features, np.zeros_like(visual.mask)
 
         labels = t.labels(rows)
-        if "qa" in opts.tasks and epoch >= opts.qa_from_epoch:
+        if "qa" in opts.tasks and epoch >= opts.qa_from_epoch and not grounded.all():
             ans = sample_answers(labels, matched, rng)
         else:
             ans = np.full(len(rows), IGNORE, np.int64)
