@@ -15,12 +15,15 @@ batch 64; val accuracy of "what color is the X?" (11 colours; chance 0.09) at th
   synth detector, 1200 training steps      all (7 types)    0.10   0.08   0.12   0.15   0.25
   ground-truth regions (oracle store)      all (7 types)    0.10   0.20   0.33
 
+(columns 1200 and 2400: one 2400-step run, the others 600-step runs; the first and last rows
+are this script's output, the middle one a same-inputs draft of it run before it was written.)
+
 Alone, the 1141 colour questions are answered from the image after ~300 steps (~19k colour
 examples seen); among all types, with the same colour examples seen after ~2100 steps, colour
 is still at 0.2. The demo's pretraining (3000 steps, half of them on captions, half the QA
 labels dropped by the matching task's swapped sentences) and its 4-epoch fine-tuning (~4.5k
-colour examples) stay below that point: its fine-tuned "what color" is 0.13 on either
-detector. So at demo scale the limit is examples per question type and how crisp the regions
+colour examples) stay below that point: its fine-tuned "what color" is 0.11-0.13 with
+either detector. So at demo scale the limit is examples per question type and how crisp the regions
 are (on ground-truth regions the same mixture gets there ~4x sooner), not the input code:
 the pipeline's inputs carry the colour (the first row). Presence ("is there a X?") stays at
 0.50 even on ground-truth regions in that mixture: the saddle of `bench/probe_grounding.py`.
@@ -54,6 +57,7 @@ from model import LxmertConfig  # noqa: E402
 from model.modeling_lxmert import LxmertForQuestionAnswering  # noqa: E402
 from pipeline.features.store import FeatureStore  # noqa: E402
 from pipeline.inputs.text import load_run_tokenizer  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.inputs.visual import read_visual  # noqa: E402
 from pipeline.readers.data_root import DataRoot  # noqa: E402
 from pipeline.readers.vqa import read_vqa  # noqa: E402
@@ -101,16 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    root, store = DataRoot(args.data), FeatureStore(args.features)
     prefixes = None if args.types == "all" else [p.strip().lower() for p in args.types.split(",")]
-    train_q, val_q = kept_questions(root, "train2014", prefixes), kept_questions(root, "val2014", prefixes)
-    if not train_q or not val_q:
-        parser.error(f"no VQA questions of type {args.types!r} in {args.data} (train {len(train_q)}, val {len(val_q)})")
-    answers = sorted({q.multiple_choice_answer for q in train_q + val_q})
-    answer_ids = {a: i for i, a in enumerate(answers)}
-    tokenizer = load_run_tokenizer(args.vocab)
-    train = as_tensors(train_q, tokenizer, store, answer_ids)
-    val = as_tensors(val_q, tokenizer, store, answer_ids)
+    try:
+        root, store = DataRoot(args.data), FeatureStore(args.features)
+        train_q, val_q = kept_questions(root, "train2014", prefixes), kept_questions(root, "val2014", prefixes)
+        if not train_q or not val_q:
+            parser.error(f"no VQA questions of type {args.types!r} in {args.data} "
+                         f"(train {len(train_q)}, val {len(val_q)})")
+        answers = sorted({q.multiple_choice_answer for q in train_q + val_q})
+        answer_ids = {a: i for i, a in enumerate(answers)}
+        tokenizer = load_run_tokenizer(args.vocab)
+        train = as_tensors(train_q, tokenizer, store, answer_ids)
+        val = as_tensors(val_q, tokenizer, store, answer_ids)
+    except (PipelineError, KeyError) as err:   # a missing file, run tokenizer or image: one line
+        parser.exit(2, f"probe_question_types: {err}\n")
     val_types = [q.question_type or "?" for q in val_q]
 
     config = LxmertConfig.preset("demo", vocab_size=tokenizer.vocab_size, num_qa_labels=len(answers),
