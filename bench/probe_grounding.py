@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import LxmertConfig, LxmertForPreTraining  # noqa: E402
 from pipeline.training.schedule import warmup_linear_schedule  # noqa: E402
 
-MODELS, TASKS, SHAPES = ("lxmert", "single"), ("presence", "matching"), ("uniform", "skewed", "skewed>uniform")
+MODELS, TASKS, SHAPES = ("lxmert", "lxmert+words", "single"), ("presence", "matching"), ("uniform", "skewed", "skewed>uniform")
 
 NUM_SHAPES, NUM_BOXES, VOCAB = 10, 6, 40
 SHAPE_TOKEN0 = 20          # token ids 20..29 are the shape words
@@ -139,16 +139,24 @@ class SingleStream(nn.Module):
 
 
 class LxmertProbe(nn.Module):
-    def __init__(self):
+    """`words`: add the pretraining option `sentence_words_weight` (1.0): the MLM head at [CLS]
+    predicts the sentence's words (every token but [CLS], [SEP] and padding)."""
+
+    def __init__(self, words: bool = False):
         super().__init__()
         config = LxmertConfig.preset("demo", vocab_size=VOCAB, visual_feat_dim=NUM_SHAPES, num_qa_labels=2,
                                      num_object_labels=NUM_SHAPES, num_attr_labels=2, task_mask_lm=False,
                                      task_obj_predict=False)
         self.lxmert = LxmertForPreTraining(config)
+        self.words = words
+        self.extra_loss = torch.zeros(())
 
     def forward(self, ids, feats, boxes, task: str = "presence"):
         # presence is image QA (the answer head); matching is the pretraining matching head
-        out = self.lxmert(ids, feats, boxes, (ids != 0).long())
+        words = ids.masked_fill((ids == 0) | (ids == 2) | (ids == 3), -100) if self.words and self.training else None
+        out = self.lxmert(ids, feats, boxes, (ids != 0).long(), sentence_words=words)
+        if words is not None:
+            self.extra_loss = out.loss_per_task["words"]
         return out.question_answering_score if task == "presence" else out.cross_relationship_score
 
 
@@ -166,7 +174,7 @@ def run(model_name: str, task: str, shapes: str, steps: int, seed: int,
     majority = max(test[1].float().mean().item(), 1 - test[1].float().mean().item())
     switch = steps // 3 if len(phases) > 1 else 0
     torch.manual_seed(seed)
-    model = LxmertProbe() if model_name == "lxmert" else SingleStream()
+    model = LxmertProbe(words=model_name == "lxmert+words") if model_name.startswith("lxmert") else SingleStream()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = warmup_linear_schedule(opt, 0.05, steps)
     curve = []
@@ -177,6 +185,8 @@ def run(model_name: str, task: str, shapes: str, steps: int, seed: int,
         pick = torch.randint(len(train[0]), (batch,), generator=g)
         ids, answer = examples[step_task](train[2][pick], g)
         loss = nn.functional.cross_entropy(model(ids, train[0][pick], train[1][pick], step_task), answer)
+        if isinstance(model, LxmertProbe) and model.words:
+            loss = loss + model.extra_loss
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)

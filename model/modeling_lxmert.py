@@ -50,7 +50,8 @@ class LxmertModelOutput:
 
 @dataclass
 class LxmertForPreTrainingOutput:
-    """`loss` is the weighted sum of `loss_per_task` (keys `TASKS`; a task without labels is 0).
+    """`loss` is the weighted sum of `loss_per_task` (keys `TASKS`; a task without labels is 0;
+    plus "words" when `sentence_words` was given).
 
     With `labels` given, the MLM logits exist only for the rows in `masked_lm_logits`, paired
     with `masked_lm_labels` (rows labelled -100, if any, are to be ignored); without labels,
@@ -501,6 +502,17 @@ def _mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def sentence_words_loss(cls_logits: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the [CLS] word scores (B, V) against each row's bag of words: `words`
+    (B, T) holds token ids, IGNORE_INDEX where not a target; a row's loss is the mean over its
+    targets (a soft target spread over its words), the total the mean over rows with any."""
+    targets = words != IGNORE_INDEX
+    log_probs = F.log_softmax(cls_logits.float(), -1).gather(1, words.clamp(min=0))
+    per_row = (log_probs * targets).sum(1) / targets.sum(1).clamp(min=1)
+    has = targets.any(1)
+    return -(per_row * has).sum() / has.sum().clamp(min=1)
+
+
 class LxmertForPreTraining(LxmertPreTrainedModel):
     """Backbone + MLM, matching, visual obj/attr/feat and QA heads; the five-task loss."""
 
@@ -533,6 +545,7 @@ class LxmertForPreTraining(LxmertPreTrainedModel):
                 obj_labels: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
                 matched_label: torch.Tensor | None = None,
                 ans: torch.Tensor | None = None,
+                sentence_words: torch.Tensor | None = None,
                 output_attentions: bool = False, output_hidden_states: bool = False,
                 visual_label_loss_scope: str | None = None,
                 visual_loss_normalizer: float | None = None,
@@ -542,6 +555,12 @@ class LxmertForPreTraining(LxmertPreTrainedModel):
 
         `visual_label_loss_scope` ("all" | "masked") and `visual_loss_normalizer` override the
         config for this call; `loss_weights` scales tasks in the total (e.g. {"qa": 0.0}).
+
+        `sentence_words` (B, T) token ids, -100 where not a target: not in the reference. Adds the
+        loss "words": the MLM head (tied to the word embeddings) at the [CLS] position predicts
+        the sentence's bag of words. It gives [CLS] a first-order reason to carry the sentence's
+        content words, the step on which matching and presence questions stall when a small model
+        is pretrained from scratch (bench/probe_grounding.py).
         """
         config = self.config
         encoded = self.lxmert(input_ids, visual_feats, visual_pos, attention_mask, visual_attention_mask,
@@ -596,7 +615,11 @@ class LxmertForPreTraining(LxmertPreTrainedModel):
                 out.qa_labels = qa_labels
                 losses["qa"] = _mean_cross_entropy(out.qa_logits, qa_labels)
 
-        if labels is None and matched_label is None and obj_labels is None and ans is None:
+        if sentence_words is not None:
+            losses["words"] = sentence_words_loss(self.cls.predictions(lang[:, 0]), sentence_words)
+
+        if labels is None and matched_label is None and obj_labels is None and ans is None \
+                and sentence_words is None:
             return out
         total = zero
         for task, value in losses.items():
@@ -604,6 +627,8 @@ class LxmertForPreTraining(LxmertPreTrainedModel):
             total = total + (value if weight == 1.0 else value * weight)
         out.loss = total
         out.loss_per_task = {task: losses.get(task, zero) for task in TASKS}
+        if "words" in losses:
+            out.loss_per_task["words"] = losses["words"]
         return out
 
     def _visual_losses(self, scores, obj_labels, scope: str, normalizer: float) -> dict[str, torch.Tensor]:

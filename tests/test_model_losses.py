@@ -156,3 +156,26 @@ def test_torch_compile_gives_the_same_loss(model, config):
     with torch.no_grad():
         torch.testing.assert_close(compiled(**inputs, **labels).loss, model(**inputs, **labels).loss,
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_sentence_words_loss_is_the_cls_bag_of_words_cross_entropy(model, config):
+    inputs, labels = make_inputs(config), make_labels(config)
+    ids = inputs["input_ids"]
+    words = ids.clone()
+    words[:, 0] = -100                       # not a target: [CLS]
+    words[0, 3:] = -100                      # a short row
+    words[1] = -100                          # a row without targets counts for nothing
+    with torch.no_grad():
+        base = model(**inputs, **labels)
+        out = model(**inputs, **labels, sentence_words=words)
+        doubled = model(**inputs, **labels, sentence_words=words, loss_weights={"words": 2.0})
+        cls_scores = model(**inputs).prediction_logits[:, 0]
+    expected = []
+    for row, scores in zip(words.tolist(), F.log_softmax(cls_scores, -1)):
+        targets = [w for w in row if w != -100]
+        if targets:                          # soft target: each word of the row 1/len(row)
+            expected.append(-sum(scores[w] for w in targets) / len(targets))
+    torch.testing.assert_close(out.loss_per_task["words"], torch.stack(expected).mean())
+    torch.testing.assert_close(out.loss, base.loss + out.loss_per_task["words"])
+    torch.testing.assert_close(doubled.loss, base.loss + 2 * out.loss_per_task["words"])
+    assert "words" not in base.loss_per_task   # the reference's five tasks only, unless asked

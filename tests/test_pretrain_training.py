@@ -154,3 +154,29 @@ def test_validation_measures_how_much_the_model_uses_the_image(task):
     assert {"mlm_other_image", "qa_accuracy_other_image"} <= distinct.keys()
     assert abs(distinct["mlm_other_image"] - distinct["mlm"]) > 1e-4
     assert "mlm_other_image" not in one_image and "qa_accuracy_other_image" not in one_image
+
+
+def test_sentence_words_targets_are_the_unmasked_sentence_without_special_tokens(task):
+    words_task = with_options(task, sentence_words_weight=0.5)
+    batch = words_task.train_data().make_batch(np.arange(32), np.random.default_rng(0), 0)
+    words = words_task._sentence_words(batch)
+    special = [task.special_ids[k] for k in ("pad", "cls", "sep", "mask")]
+    masked = batch["labels"] != -100
+    assert masked.any()
+    # masked positions carry the word that was there; everything else the input token
+    assert torch.equal(words[masked], batch["labels"][masked])
+    kept = words != -100
+    assert torch.equal(words[kept & ~masked], batch["input_ids"][kept & ~masked])
+    assert not torch.isin(words[kept], torch.tensor(special)).any()
+    assert not kept[:, 0].any() and not kept[batch["attention_mask"] == 0].any()
+    assert (kept.sum(1) > 0).all()
+    assert task._sentence_words(batch) is None   # off by default: the reference's losses
+
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    total, ref, _ = _losses(task, model, batch)
+    words_total, parts, _ = _losses(words_task, model, batch)
+    assert set(parts) == set(ref) | {"words"} and parts["words"] > 0
+    assert words_total == pytest.approx(total + 0.5 * parts["words"], rel=1e-5)
+    with pytest.raises(ValueError, match="sentence_words_weight"):
+        task.options.replace(sentence_words_weight=-1.0)

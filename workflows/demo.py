@@ -71,6 +71,14 @@ PLANS = {
 }
 
 
+# Pretraining departs from the reference recipe in two documented options (README, "Pretraining
+# from scratch at small scale"): the [CLS] position predicts the sentence's words, and a quarter
+# of each batch (all of it in the first epoch) asks about the image's own detections. Measured on
+# the full demo's world and store, 3000 steps, then the same fine-tunings: VQA 46.38 vs 43.81 and
+# GQA 42.99 vs 41.93 with the reference recipe; validation matching loss 0.612 vs 0.692 (ln 2).
+PRETRAIN_TASK = {"sentence_words_weight": 1.0, "grounding_warmup_epochs": 1, "grounding_rate": 0.25}
+
+
 def run_name(task: str, variant: str) -> str:
     return f"{task}-{variant.replace('_', '-')}"
 
@@ -104,7 +112,8 @@ def pipeline_values(out: Path, plan: DemoPlan, workers: int | None) -> dict[str,
         # pretraining; kept because the README's table comes from runs with this setting)
         "pretrain": {"preset": plan.model_preset,
                      "train": {"steps": plan.pretrain_steps, "batch_size": plan.pretrain_batch,
-                               "val_every": plan.pretrain_steps}},
+                               "val_every": plan.pretrain_steps},
+                     "task": dict(PRETRAIN_TASK)},
         "finetune": finetune,
     }
 

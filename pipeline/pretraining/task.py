@@ -78,8 +78,26 @@ class PretrainTask:
         return data if len(data) else None
 
     # ---- losses --------------------------------------------------------------------------
+    @property
+    def _logged_losses(self) -> list[str]:
+        return self.options.tasks + (["words"] if self.options.sentence_words_weight else [])
+
+    def _sentence_words(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Each row's tokens before masking, IGNORE at [CLS]/[SEP]/[MASK]/padding: the
+        targets of the "words" loss, or None when it is off."""
+        if not self.options.sentence_words_weight:
+            return None
+        words = torch.where(batch["labels"] != IGNORE, batch["labels"], batch["input_ids"])
+        special = torch.tensor([self.special_ids[k] for k in ("pad", "cls", "sep", "mask")], device=words.device)
+        keep = batch["attention_mask"].bool() & ~torch.isin(words, special)
+        return words.masked_fill(~keep, IGNORE)
+
     def _forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-        weights = {"qa": self.options.qa_weight} if self.options.qa_weight != 1.0 else None
+        weights = {}
+        if self.options.qa_weight != 1.0:
+            weights["qa"] = self.options.qa_weight
+        if self.options.sentence_words_weight not in (0.0, 1.0):
+            weights["words"] = self.options.sentence_words_weight
         return model(input_ids=batch["input_ids"], visual_feats=batch["visual_feats"],
                      visual_pos=batch["visual_pos"], attention_mask=batch["attention_mask"],
                      visual_attention_mask=batch.get("visual_attention_mask"),
@@ -87,11 +105,12 @@ class PretrainTask:
                      obj_labels={"obj": (batch["obj_ids"], batch["obj_conf"]),
                                  "attr": (batch["attr_ids"], batch["attr_conf"]),
                                  "feat": (batch["feat_targets"], batch["feat_mask"])},
-                     matched_label=batch["matched_label"], ans=batch["ans"], loss_weights=weights)
+                     matched_label=batch["matched_label"], ans=batch["ans"],
+                     sentence_words=self._sentence_words(batch), loss_weights=weights or None)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any], epoch: int):
         out = self._forward(model, batch)
-        return out.loss, {k: out.loss_per_task[k] for k in self.options.tasks}
+        return out.loss, {k: out.loss_per_task[k] for k in self._logged_losses}
 
     def validate(self, model: torch.nn.Module, batches: Iterable[dict[str, Any]], epoch: int) -> dict[str, float]:
         """Per-task losses (means over rows) and the QA accuracy: the soft score of the
@@ -112,7 +131,7 @@ class PretrainTask:
             rows += b
             out = self._forward(model, batch)
             sums["loss"] += float(out.loss) * b
-            for k in self.options.tasks:
+            for k in self._logged_losses:
                 sums[k] += float(out.loss_per_task[k]) * b
             _score_answers(out.qa_logits, batch, sources, scored[""], asked[""])
             shown_other = _other_images(batch)
