@@ -74,8 +74,8 @@ PLANS = {
 # Pretraining departs from the reference recipe in two documented options (README, "Pretraining
 # from scratch at small scale"): the [CLS] position predicts the sentence's words, and a quarter
 # of each batch (all of it in the first epoch) asks about the image's own detections. Measured on
-# the full demo's world and store, 3000 steps, then the same fine-tunings: VQA 46.38 vs 43.81 and
-# GQA 42.99 vs 41.93 with the reference recipe; validation matching loss 0.612 vs 0.692 (ln 2).
+# the full demo's world and store, 3000 steps, then the same fine-tunings: VQA 45.92 vs 43.81 and
+# GQA 43.12 vs 41.93 with the reference's losses; validation matching loss 0.612 vs 0.694 (ln 2).
 PRETRAIN_TASK = {"sentence_words_weight": 1.0, "grounding_warmup_epochs": 1, "grounding_rate": 0.25}
 
 
