@@ -102,6 +102,11 @@ class LxmertTokenizer:
         """WordPieces without special tokens or truncation."""
         return self.backend.encode(text, add_special_tokens=False).tokens
 
+    def count_truncated(self, texts: Sequence[str]) -> int:
+        """How many of `texts` have more WordPieces than a sentence keeps (max_seq_length - 2)."""
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
+        return sum(len(e.ids) > self.max_seq_length - 2 for e in encodings)
+
     def encode_batch(self, texts: Sequence[str]) -> EncodedBatch:
         """Fixed-length (B, max_seq_length) arrays: [CLS] w1..wk [SEP] [PAD]..., k <= max-2."""
         # encode_batch_fast skips character offsets (a third faster); [PAD] can only come from

@@ -17,7 +17,7 @@ from pipeline.synth.generate import generate
 from pipeline.synth.oracle import write_oracle_store
 
 
-def make_world(directory: Path, images: int = 150, seed: int = 1, feature_dim: int = 32) -> tuple[Path, Path]:
+def make_world(directory: Path, images: int = 160, seed: int = 1, feature_dim: int = 32) -> tuple[Path, Path]:
     """(data root, oracle feature store) of a synthetic world with `images` images."""
     world = directory / "world"
     summary = generate(world, images=images, seed=seed, workers=1)

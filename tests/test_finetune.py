@@ -16,6 +16,7 @@ from finetune_world import make_world, pretraining_directory, to_original_pretra
 from safetensors.torch import load_file
 
 from model import load_pretrained
+from model.tokenizer import train_wordpiece
 from pipeline.errors import PipelineError, UsageError
 from pipeline.features import FeatureStore
 from pipeline.finetune import FinetuneOptions, finetune, prepare_finetune
@@ -269,6 +270,26 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, world):
         prepare_finetune(options(world, "nlvr2"), run)
 
 
+def test_a_vocabulary_that_cuts_many_training_sentences_is_warned_about(tmp_path, world, caplog):
+    data, _ = world
+    statements = [e.sentence for e in read_nlvr2_split(data, "train")]
+    # learnt on VQA's questions alone: NLVR2's words fall apart into letters
+    narrow = train_wordpiece([e.sentence for e in read_vqa_split(data, "train2014")], tmp_path / "narrow")
+    cut = narrow.count_truncated(statements)
+    assert cut > 0.05 * len(statements)
+    with caplog.at_level("WARNING", logger="pipeline.finetune.stage"):
+        task = prepare_finetune(options(world, "nlvr2", vocab=str(tmp_path / "narrow")), tmp_path / "cut")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"nlvr2: {cut} of the {len(statements)} training sentences" in m and "cut off" in m
+               for m in warnings), warnings
+    assert task.record["truncated_train_sentences"] == cut
+    caplog.clear()
+    # a vocabulary learnt on the task's own sentences (from scratch, no --vocab) cuts none
+    with caplog.at_level("WARNING", logger="pipeline.finetune.stage"):
+        task = prepare_finetune(options(world, "nlvr2"), tmp_path / "whole")
+    assert task.record["truncated_train_sentences"] == 0 and not caplog.records
+
+
 def test_default_recipe_is_the_reference_for_paper_width_models(tmp_path, world):
     from pipeline.finetune.recipe import recipe
     from pipeline.finetune.stage import default_recipe
@@ -280,6 +301,8 @@ def test_default_recipe_is_the_reference_for_paper_width_models(tmp_path, world)
                 reference["warmup"], reference["clip_norm"]) == (4, 32, lr, "bert", 0.1, 5.0)
     small = default_recipe(prepare_finetune(options(world, "gqa"), tmp_path / "run"))
     assert small["optimizer"] == "adamw" and small["lr"] == 1e-3 and small["best_metric"] == "accuracy"
+    # NLVR2's head collapses to the majority label at 1e-3 (recipe.py)
+    assert default_recipe(prepare_finetune(options(world, "nlvr2"), tmp_path / "nlvr2"))["lr"] == 3e-4
     assert small["precision"] == fast_precision() and "precision" not in reference     # reference: fp32
     TrainConfig(**small)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import pickle
 
 import numpy as np
@@ -10,6 +11,8 @@ from feature_data import make_store
 from pretrain_world import make_world
 
 from pipeline.errors import PipelineError
+from pipeline.finetune.splits import read_gqa_split, read_nlvr2_split, read_vqa_split
+from pipeline.inputs.text import load_run_tokenizer
 from pipeline.pretraining import PretrainOptions, prepare_pretraining
 from pipeline.pretraining.examples import ExampleTable, read_counts
 from pipeline.pretraining.masking import IGNORE
@@ -48,6 +51,27 @@ def test_examples_are_every_sentence_of_every_source_with_answers_in_the_table(p
     questions = [i for i, s in enumerate(table.source) if table.sources[s] in ("vqa", "gqa", "vgqa")]
     captions = [i for i, s in enumerate(table.source) if table.sources[s] in ("mscoco", "vg")]
     assert all(label for label in table.labels(questions)) and not any(table.labels(captions))
+
+
+def test_a_learnt_vocabulary_keeps_the_fine_tuning_sentences_whole(world, prepared):
+    # the pretraining corpus (captions, QA) never says "image", "contains" or "exactly"; learnt
+    # on it alone the vocabulary spelt them out and cut half of NLVR2's statements at 20 pieces
+    data, _ = world
+    task, _ = prepared
+    tokenizer = load_run_tokenizer(task.run_path)
+    split_words = tokenizer.backend.pre_tokenizer.pre_tokenize_str
+    words = collections.Counter(word for e in read_nlvr2_split(data, "train")
+                                for word, _ in split_words(e.sentence.lower()))
+    assert words["image"] >= 2
+    for word in ("image", "contains", "exactly", "both"):
+        if words[word] >= 2:     # WordPiece keeps words seen at least twice
+            assert tokenizer.tokenize(word) == [word]
+    for name, read in (("vqa", lambda: read_vqa_split(data, "train2014")), ("gqa", lambda: read_gqa_split(data, "train")),
+                       ("nlvr2", lambda: read_nlvr2_split(data, "train"))):
+        sentences = [e.sentence for e in read()]
+        assert sentences and tokenizer.count_truncated(sentences) == 0, name
+    ids = tokenizer.encode_batch(["The left image contains exactly two squares."]).input_ids[0]
+    assert tokenizer.convert_ids_to_tokens(ids[ids != tokenizer.pad_id])[-4:] == ["two", "squares", ".", "[SEP]"]
 
 
 def test_images_missing_from_the_store_are_counted_not_errors(world, tmp_path):

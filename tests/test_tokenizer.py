@@ -58,6 +58,14 @@ def test_fixed_length_twenty_with_cls_and_sep(trained):
     assert tok.encode_batch([]).input_ids.shape == (0, 20)
 
 
+def test_count_truncated_counts_sentences_longer_than_what_a_sentence_keeps(trained):
+    tok, _ = trained
+    # 18 WordPieces fit between [CLS] and [SEP]; 19 do not; an unseen word is several pieces
+    assert tok.count_truncated(["man " * 18, "man " * 19, "a man", ""]) == 1
+    assert len(tok.tokenize("zebra")) > 1
+    assert tok.count_truncated(["zebra " * 9]) == 1 and tok.count_truncated([]) == 0
+
+
 def test_directory_with_tokenizer_json_and_vocab_round_trip(trained, tmp_path):
     tok, directory = trained
     again = load_tokenizer(directory)  # tokenizer.json

@@ -120,6 +120,28 @@ def _tokenizer(options: FinetuneOptions, init, run: RunDir, train_examples):
     return run_tokenizer(run.path, vocab=options.vocab or init.source)
 
 
+# above this share of cut training sentences the run warns: the words that decide an answer
+# are often the last ones ("... contains exactly two squares.")
+TRUNCATION_WARNING_SHARE = 0.05
+
+
+def _report_truncation(task: str, tokenizer, train_examples) -> int:
+    """How many training sentences lose their last WordPieces to max_seq_length; a warning
+    when that is a notable share (a vocabulary that splits the task's words into letters)."""
+    count = tokenizer.count_truncated([e.sentence for e in train_examples])
+    share = count / max(len(train_examples), 1)
+    if share > TRUNCATION_WARNING_SHARE:
+        log.warning("%s: %d of the %d training sentences (%.0f%%) have more than the %d WordPieces a sentence "
+                    "keeps with the vocabulary %s; their ends are cut off. A vocabulary that splits the task's "
+                    "words into pieces does this: use one learnt on text with the task's sentences (pretrain "
+                    "learns it so) or bert-base-uncased's", task, count, len(train_examples), 100 * share,
+                    tokenizer.max_seq_length - 2, tokenizer.source)
+    elif count:
+        log.info("%s: %d of the %d training sentences are cut to %d WordPieces", task, count, len(train_examples),
+                 tokenizer.max_seq_length - 2)
+    return count
+
+
 def prepare_finetune(options: FinetuneOptions, run_path: str | os.PathLike, *, resume: bool = False) -> FinetuneTask:
     """Check the inputs, write RUN/answers.json and RUN/tokenizer/, and return the task."""
     from model import LxmertConfig
@@ -164,6 +186,7 @@ def prepare_finetune(options: FinetuneOptions, run_path: str | os.PathLike, *, r
         raise UsageError("`model:` overrides size a network trained from scratch (--init none); "
                          "a pretrained one keeps its shape")
     tokenizer = _tokenizer(options, init, run, train_examples)
+    truncated = _report_truncation(cls.name, tokenizer, train_examples)
 
     report = None
     if init.kind == SCRATCH:
@@ -188,6 +211,7 @@ def prepare_finetune(options: FinetuneOptions, run_path: str | os.PathLike, *, r
               "model": {"hidden_size": config.hidden_size, "layers": [config.l_layers, config.x_layers, config.r_layers],
                         "vocab_size": config.vocab_size},
               "train_examples": len(train_examples),
+              "truncated_train_sentences": truncated,
               "valid_examples": len(valid_examples),
               "answers_file": str(run.path.resolve() / ANSWERS_FILE) if answers is not None else None,
               "answer_min_count": options.answer_min_count if answers is not None and not options.answers else None}

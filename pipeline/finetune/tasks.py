@@ -15,21 +15,25 @@ every Dask rank, which reads its data and builds its model itself.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Hashable, Iterable, Sequence
+from typing import Any, ClassVar, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from model import LxmertForNLVR2, LxmertForQuestionAnswering, save_pretrained
 from model.tokenizer import TOKENIZER_NAME, VOCAB_NAME
+from pipeline.errors import PipelineError
 from pipeline.finetune.data import PairBatches, QuestionBatches
 from pipeline.finetune.init import ModelInit
 from pipeline.finetune.splits import read_gqa_split, read_nlvr2_split, read_vqa_split
 from pipeline.inputs.text import load_run_tokenizer
 from pipeline.readers.answers import AnswerVocab
+
+log = logging.getLogger(__name__)
 
 SELECTION_METRIC = "accuracy"
 
@@ -236,3 +240,21 @@ class NLVR2Task(FinetuneTask):
 
 
 TASKS: dict[str, type[FinetuneTask]] = {cls.name: cls for cls in (VQATask, GQATask, NLVR2Task)}
+
+
+def training_sentences(data: str) -> Iterator[str]:
+    """The questions and statements of every task's default training splits that `data` has.
+
+    A vocabulary learnt for pretraining must cover them, as BERT's general-English one does
+    for the paper: the pretraining corpus alone (captions, QA) may never use NLVR2's words.
+    A task or split the data root lacks, or cannot read, is left out (fine-tuning on it
+    reports the problem).
+    """
+    for cls in TASKS.values():
+        for split in cls.default_train_splits:
+            try:
+                examples = cls.read_split(data, split)
+            except PipelineError as error:
+                log.debug("vocabulary corpus: no %s %s (%s)", cls.name, split, error)
+                continue
+            yield from (example.sentence for example in examples)

@@ -25,6 +25,7 @@ from typing import Any
 
 from model.configuration_lxmert import LxmertConfig
 from pipeline.errors import PipelineError
+from pipeline.finetune.tasks import training_sentences
 from pipeline.inputs import check_store_fits, config_for_store, run_tokenizer
 from pipeline.pretraining import grounding
 from pipeline.pretraining.examples import (ExampleCounts, answer_table, build_examples, read_entries, source_names,
@@ -80,10 +81,13 @@ def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, ou
                             f"annotations is in the feature store {features}", data)
     names = grounding.detector_label_names(meta, data) if options.uses_grounding else None
 
-    # the warm-up's questions are part of the corpus a learnt vocabulary must cover
+    # a learnt vocabulary must cover the warm-up's questions and the fine-tuning tasks' sentences
+    # (learnt on captions and QA alone, NLVR2's "image", "contains", "exactly" fell apart into
+    # letters and half the demo's statements lost their last words to the 20-piece limit)
     warmup_questions = [f(n) for n in names for f in (grounding.question, grounding.statement)] if names else []
     tokenizer = run_tokenizer(run.path, vocab=vocab, corpus=lambda: itertools.chain(
-        (s for e in usable for src in sources for s in e.sentf.get(src, ())), warmup_questions))
+        (s for e in usable for src in sources for s in e.sentf.get(src, ())), warmup_questions,
+        training_sentences(data)))
     answer_vocab = None
     if "qa" in options.tasks:
         qa_sources = [s for s in sources if any(s in e.labelf for e in usable)]
