@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model size: base (the paper's; reference recipe), small, demo, tiny (CPU recipe)")
     parser.add_argument("--vocab", metavar="PATH",
                         help="WordPiece vocabulary: vocab.txt, a folder or run holding one, or a hub name "
-                             "(default: learnt on the training sentences)")
+                             "(default: learnt on the pretraining sentences and the data root's fine-tuning "
+                             "training sentences)")
     parser.add_argument("--answers", metavar="JSON",
                         help="pretraining answer table (LXMERT's all_ans.json, a list, or ans2label; "
                              "default: the training QA answers, most frequent first)")
