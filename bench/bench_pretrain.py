@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.features import finalize_store, shard_name, write_shard  # noqa: E402
-from pipeline.pretraining import prepare_pretraining  # noqa: E402
+from pipeline.stages.pretrain import prepare_pretraining  # noqa: E402
 from pipeline.synth.generate import generate  # noqa: E402
 from pipeline.synth.oracle import oracle_images  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Module and parameter names follow detectron2 (`stem.conv1`, `res2.0.conv1.norm.weight`,
 `res3.0.shortcut`, ...), so `backbone.*` keys of the bottom-up-attention checkpoints load
-unchanged. Caffe details (reference §1.0): max-pool with pad 0 and ceil mode, the stride in
+unchanged. Caffe details (docs/reference/detector.md §1.0): max-pool with pad 0 and ceil mode, the stride in
 the 1x1 conv, BatchNorm eps 1e-5.
 
 Padded batches: `ResNet.forward(x, image_sizes)` zeroes each image's padded area before every

@@ -2,7 +2,7 @@
 
 Box2BoxTransform is detectron2's: w = x2 - x1, ctr = x1 + 0.5 w, dw/dh clamped at
 log(1000/16) before exp. Caffe's bbox_transform_inv uses w = x2 - x1 + 1 and no clamp
-(reference §1.0); the AIR/HF weights were converted for the detectron2 form, so that is what
+(docs/reference/detector.md §1.0); the AIR/HF weights were converted for the detectron2 form, so that is what
 runs here.
 """
 

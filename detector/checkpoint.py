@@ -1,6 +1,6 @@
 """Detector weights: the public bottom-up-attention checkpoints and the project's own.
 
-Formats read (reference §2), none of them by executing code from the file:
+Formats read (docs/reference/detector.md §2), none of them by executing code from the file:
 - detectron2 pickle (`faster_rcnn_from_caffe_attr.pkl`, AIR): {"model": {name: ndarray}, maybe
   "__author__", "matching_heuristics"}; read with a restricted unpickler that builds only
   numpy arrays/dtypes/scalars and plain containers (latin1, as detectron2 reads them).
@@ -17,7 +17,6 @@ the file's are compared with them and a mismatch is an error, e.g. a BUA checkpo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from collections import OrderedDict
@@ -28,20 +27,24 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from detector._atomic import atomic_target, atomic_write_text
 from detector.config import DetectorConfig
+# the project's one checkpoint error (docs/files.md), raised and re-exported here
+from model.errors import CheckpointError
 
 CELL_ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None):
-        self.path = None if path is None else os.fspath(path)
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+def weights_file(path: str | os.PathLike) -> Path:
+    """The weights a user means by `path`: `path/model.safetensors` for a checkpoint folder,
+    else `path` itself; a folder without that file is a CheckpointError naming the folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if not (path / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"no {WEIGHTS_NAME} in the checkpoint folder", path)
+    return path / WEIGHTS_NAME
 
 
 # -- restricted unpickling ---------------------------------------------------------------
@@ -104,9 +107,7 @@ def load_pickle_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """{name: tensor} from a .pkl / .bin / .pth / .pt / .safetensors file or a checkpoint dir."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
+    path = weights_file(path)
     if not path.is_file():
         raise CheckpointError("no such weights file", path)
     with open(path, "rb") as fh:
@@ -241,17 +242,18 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> KeyReport:
 # -- the project's own checkpoints --------------------------------------------------------
 
 def save_detector(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
-    """directory/config.yaml + directory/model.safetensors, each published atomically."""
+    """directory/config.yaml + directory/model.safetensors.
+
+    Plain files: a caller that needs the directory to appear complete or not at all writes
+    into a temporary directory and renames it (the pipeline does, docs/files.md).
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_target(directory / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "detector": model.cfg.name})
-    import yaml
-
-    atomic_write_text(directory / CONFIG_NAME, yaml.safe_dump(model.cfg.to_dict(), sort_keys=False))
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "detector": model.cfg.name})
+    model.cfg.to_yaml(directory / CONFIG_NAME)
     return directory
 
 
@@ -269,14 +271,6 @@ def load_detector(directory: str | os.PathLike) -> torch.nn.Module:
     model = GeneralizedRCNN(cfg)
     load_weights(model, directory / WEIGHTS_NAME)
     return model
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_config(path: str | os.PathLike) -> DetectorConfig | None:

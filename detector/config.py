@@ -2,7 +2,7 @@
 
 Field names echo the detectron2 config keys they stand for (MODEL.RESNETS.*, MODEL.RPN.*,
 MODEL.ROI_HEADS.*, INPUT.*) so a reader of the bottom-up-attention yaml files finds them.
-The constants of `vg-r101-c4` are those of reference/detector.md §1 (AIR/HF detectron2 port of
+The constants of `vg-r101-c4` are those of docs/reference/detector.md §1 (AIR/HF detectron2 port of
 the Caffe model with `RPN.POST_NMS_TOPK_TEST = 300`, Caffe max-pool, res5 stride 1 dilation 2).
 """
 
@@ -100,7 +100,7 @@ class ROIHeadsConfig:
 
 @dataclass
 class SelectionConfig:
-    """Which boxes are saved per image (reference §4); see detector/selection.py."""
+    """Which boxes are saved per image (docs/reference/detector.md §4); see detector/selection.py."""
     method: str = "caffe"          # "caffe" (LXMERT reference) | "max_class" (AIR maxnms / HF)
     score_thresh: float = 0.2
     nms_thresh: float = 0.3        # caffe: per-class NMS on the proposals
@@ -146,9 +146,7 @@ class DetectorConfig:
     def to_yaml(self, path: str | os.PathLike) -> None:
         import yaml
 
-        from detector._atomic import atomic_write_text
-
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "DetectorConfig":
@@ -271,19 +269,15 @@ def _synth() -> DetectorConfig:
     per image, half positive, RoIs positive from IoU 0.6, smooth-L1 with beta 1 (Caffe's) on
     their boxes. res5 over the RoIs is most of a step and a scene has at most six objects;
     the cleaner positives and gentler box gradients let the shared features learn the shapes
-    sooner (synthetic world, 5 epochs: AP50 0.38 against 0.24 with IoU 0.5 and L1).
-    Attribute loss weight 1.0 (Caffe's 0.5 here leaves most colour out of the saved features: a
-    linear probe reads the colour of a region's object from them 46% of the time after 600
-    steps on a 6000-image world; with 1.0: 75%, box AP 32.7 against 32.0, object accuracy 65%
-    against 63%. Weight 2.0 reads colour 81% but costs shape: AP 26.3.
-    `bench/probe_region_features.py`).
+    sooner. Attribute loss weight 1.0, not Caffe's 0.5: at 0.5 the saved features leave most
+    of an object's colour out, and half the world's questions ask for one; a higher weight
+    costs shape.
     Test: 50 proposals (more only add false positives on scenes of at most six objects).
     Saved regions: 6 per image, the most confident. The reference keeps 36 for Visual Genome
-    images, which are annotated with ~35 objects each; a synthetic scene has at most six.
-    The count matters downstream: a demo-size LXMERT learns to find the region a word names
-    among 6 in a few hundred steps and among 10 not in 3000 (toy of one question word and
-    N regions), and on a 6000-image world the pretrained-minus-scratch VQA gap was 5.5
-    points with 6 regions against 3.1 with 10 (oracle features, same schedules).
+    images, which are annotated with ~35 objects each; a synthetic scene has at most six, and
+    a demo-size LXMERT finds the region a word names among 6 far sooner than among 10.
+    Measurements behind each choice: research/2026-11-26-synth-detector-preset.md and
+    research/2026-11-27-region-features-colour.md.
     """
     return DetectorConfig(
         name="synth",

@@ -75,7 +75,7 @@ def attribute_loss(attribute_logits: torch.Tensor, gt_attributes: torch.Tensor,
     statement that they have none. This is the Caffe bottom-up-attention / grid-feats
     formulation (softmax, weight 0.5 in Caffe/BUA), chosen over per-attribute BCE so training
     matches how every consumer reads the head: `attrs_id`/`attrs_conf` are the argmax and the
-    probability of a softmax over the A+1 logits (reference §4), and the released checkpoints
+    probability of a softmax over the A+1 logits (docs/reference/detector.md §4), and the released checkpoints
     were trained this way. With n attributes the ideal softmax puts 1/n on each of them, so
     the argmax is one of the object's true attributes.
     """

@@ -1,4 +1,4 @@
-"""Image -> detector input (reference §3, the Caffe/LXMERT rule).
+"""Image -> detector input (docs/reference/detector.md §3, the Caffe/LXMERT rule).
 
 BGR float, mean subtracted (std 1, 0-255 range); scale s = min_size / short side, unless
 round(s * long side) > max_size, then s = max_size / long side; bilinear resize without

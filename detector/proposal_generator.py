@@ -1,7 +1,7 @@
 """Region proposal network: `proposal_generator.{anchor_generator, rpn_head}` (detectron2 names).
 
-Test-time proposals follow detectron2's `find_top_rpn_proposals` (what AIR/HF run, reference
-§1.0): top `pre_nms_topk` anchors by objectness logit -> decode -> clip to the image -> drop
+Test-time proposals follow detectron2's `find_top_rpn_proposals` (what AIR/HF run,
+docs/reference/detector.md §1.0): top `pre_nms_topk` anchors by objectness logit -> decode -> clip to the image -> drop
 empty boxes -> NMS 0.7 -> top `post_nms_topk` (300 for vg-r101-c4). A padded batch is handled
 image by image on each image's own feature extent (anchors over padding never compete), and
 the NMS of all images is one call.

@@ -15,7 +15,7 @@ attributes), detectron2's contract, so a DistributedDataParallel wrapper sees on
 
 Precision: under `autocast_dtype` the convolutions (backbone, RPN conv, res5) run in
 bf16/fp16; RoIPool, anchors, box decoding, NMS, softmax and selection stay in float32 (in
-bf16 the proposal boxes move by pixels and the selected set changes, reference §5).
+bf16 the proposal boxes move by pixels and the selected set changes, docs/reference/detector.md §5).
 """
 
 from __future__ import annotations

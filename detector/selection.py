@@ -1,4 +1,4 @@
-"""Which regions are saved per image: the bottom-up-attention box selection (reference §4).
+"""Which regions are saved per image: the bottom-up-attention box selection (docs/reference/detector.md §4).
 
 `caffe` (default, what LXMERT's released features used, LXM `extract_*_image.py` =
 CAFFE `generate_tsv.py`):

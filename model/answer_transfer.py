@@ -1,4 +1,4 @@
-"""Copy answer-head rows between answer vocabularies by answer string (reference §1.4).
+"""Copy answer-head rows between answer vocabularies by answer string (docs/reference/lxmert.md §1.4).
 
 The original `load_lxmert_qa` builds a VQA (3129) or GQA (1842) head from the pretrained
 9500-way head: each target answer, normalised as LXMERT's `AnswerTable.convert_ans`, takes

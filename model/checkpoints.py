@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,28 +228,21 @@ def load_state_into(model: LxmertPreTrainedModel, state: Mapping[str, torch.Tens
 # directories
 
 
-def _atomic_replace_write(final: Path, write) -> None:
-    tmp = final.with_name(f"{final.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_pretrained(model: LxmertPreTrainedModel, directory: str | os.PathLike) -> Path:
-    """Write `config.json` + `model.safetensors` (transformers' layout; tied decoder omitted)."""
+    """Write `config.json` + `model.safetensors` (transformers' layout; tied decoder omitted).
+
+    Plain files, as transformers writes them: a caller that needs the directory to appear
+    complete or not at all writes into a temporary directory and renames it (the pipeline
+    does, docs/files.md).
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
                if k not in TIED_KEYS}
-    _atomic_replace_write(directory / WEIGHTS_NAME,
-                          lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    _atomic_replace_write(directory / CONFIG_NAME,
-                          lambda tmp: model.config.to_json_file(tmp, architectures=[model.architecture]))
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    model.config.to_json_file(directory / CONFIG_NAME, architectures=[model.architecture])
     return directory
 
 

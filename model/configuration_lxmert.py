@@ -86,9 +86,8 @@ class LxmertConfig:
     # ---- presets -------------------------------------------------------------------------
     # BERT's initializer_range of 0.02 is tuned for width 768. A narrow model initialised at
     # 0.02 starts with near-uniform attention and tiny sub-layer outputs, and sits on a plateau
-    # before it learns to look up the region a word names (measured on the demo preset: one
-    # word names a shape among 10 regions, answer its colour; 0.02 is at chance after 300 steps
-    # and 71% after 800, 0.05 is solved by step 200). The narrow presets keep BERT's per-unit
+    # before it learns to look up the region a word names (tests/test_model_grounding.py;
+    # research/2026-11-26-narrow-model-init-range.md). The narrow presets keep BERT's per-unit
     # scale instead: 0.02 * sqrt(768 / hidden_size).
     PRESETS = {
         # the paper's model (9/5/5 layers, BERT-base width)

@@ -560,7 +560,7 @@ class LxmertForPreTraining(LxmertPreTrainedModel):
         loss "words": the MLM head (tied to the word embeddings) at the [CLS] position predicts
         the sentence's bag of words. It gives [CLS] a first-order reason to carry the sentence's
         content words, the step on which matching and presence questions stall when a small model
-        is pretrained from scratch (bench/probe_grounding.py).
+        is pretrained from scratch (docs/pretraining.md).
         """
         config = self.config
         encoded = self.lxmert(input_ids, visual_feats, visual_pos, attention_mask, visual_attention_mask,

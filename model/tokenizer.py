@@ -125,12 +125,16 @@ class LxmertTokenizer:
 
     # ---- files ---------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
-        """`vocab.txt` (BERT's format, readable by every BERT tokenizer) and `tokenizer.json`."""
+        """`vocab.txt` (BERT's format, readable by every BERT tokenizer) and `tokenizer.json`.
+
+        Plain files: a caller that needs them to appear complete or not at all writes into
+        a temporary directory and renames it (the pipeline does, docs/files.md).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         vocab = sorted(self.get_vocab().items(), key=lambda item: item[1])
-        _write_atomic(directory / VOCAB_NAME, "".join(token + "\n" for token, _ in vocab))
-        _write_atomic(directory / TOKENIZER_NAME, self.backend.to_str())
+        (directory / VOCAB_NAME).write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
+        (directory / TOKENIZER_NAME).write_text(self.backend.to_str(), encoding="utf-8")
         return directory / VOCAB_NAME
 
     def to_transformers(self):
@@ -139,12 +143,6 @@ class LxmertTokenizer:
         return PreTrainedTokenizerFast(tokenizer_object=self.backend, unk_token="[UNK]", pad_token="[PAD]",
                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
                                        model_max_length=self.max_seq_length)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _from_vocab_file(path: Path):

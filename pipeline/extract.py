@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.features import ImageFeatures, ShardInfo, StoreMetadata, write_shard
+from pipeline.features.shard import file_sha256
 from pipeline.images import ImageDecodeError, ImageEntry, decode_image
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class ExtractorSpec:
 def resolve_spec(preset: str, weights: str | None, *, device: str = "cpu", autocast: str | None = None,
                  selection: dict[str, Any] | None = None, vocab_dir: str | None = None) -> ExtractorSpec:
     """CLI arguments -> spec; every user mistake becomes one PipelineError line."""
-    from detector.checkpoint import checkpoint_config, file_sha256
+    from detector.checkpoint import CheckpointError, checkpoint_config, weights_file
     from detector.config import preset as load_preset
 
     try:
@@ -99,10 +100,10 @@ def resolve_spec(preset: str, weights: str | None, *, device: str = "cpu", autoc
             if saved.name != cfg.name:
                 log.info("using the detector config saved with %s (%s), not preset %s", path, saved.name, preset)
             cfg = saved
-        target = path / "model.safetensors" if path.is_dir() else path
-        if not target.is_file():
-            raise PipelineError("no model.safetensors in the checkpoint folder", path)
-        sha = file_sha256(target)
+        try:
+            sha = file_sha256(weights_file(path))
+        except CheckpointError as err:
+            raise PipelineError(str(err)) from None
     if vocab_dir is not None:
         objects, attributes = Path(vocab_dir) / "objects_vocab.txt", Path(vocab_dir) / "attributes_vocab.txt"
         if not objects.is_file():
@@ -157,10 +158,8 @@ class Extractor:
         if spec.weights == "random":
             init_random_(model, spec.seed)
         else:
-            target = Path(spec.weights)
-            target = target / "model.safetensors" if target.is_dir() else target
             try:
-                load_weights(model, target)
+                load_weights(model, spec.weights)
             except CheckpointError as err:
                 raise PipelineError(str(err)) from None
         model.eval()
@@ -232,16 +231,17 @@ def regions_to_features(entry: ImageEntry, prepared, regions, feature_dtype: str
 
 
 def extract_images(entries: Sequence[ImageEntry], extractor: Extractor, *, batch_size: int = 1,
-                   feature_dtype: str = "float16", decode_threads: int = 2,
+                   feature_dtype: str = "float16", decode_threads: int = 2, timings: dict | None = None,
                    ) -> tuple[list[ImageFeatures], list[dict]]:
-    """-> (features of the images that worked, in input order; failure records)."""
+    """-> (features of the images that worked, in input order; failure records). `timings`
+    accumulates the detector's seconds per part (backbone, rpn, ...)."""
     done: list[ImageFeatures] = []
     failures: list[dict] = []
     batch: list[tuple] = []
 
     def run(items: list[tuple]) -> None:
         try:
-            regions = extractor([p for _, p in items])
+            regions = extractor([p for _, p in items], timings)
         except Exception as err:  # noqa: BLE001 - one image's problem must not sink the shard
             if len(items) > 1:
                 for item in items:
@@ -290,7 +290,7 @@ def spec_for_store(metadata: StoreMetadata, store_dir: str | os.PathLike, detect
     cache, taken only when its sha256 is the one the store records. A store made with
     `--weights random` is re-made from the same seed.
     """
-    from detector.checkpoint import checkpoint_config, file_sha256
+    from detector.checkpoint import WEIGHTS_NAME, CheckpointError, checkpoint_config, weights_file
 
     if metadata.weights_sha256 == "random":
         return ExtractorSpec(config=metadata.detector_config, weights="random", weights_sha256="random", device=device)
@@ -298,16 +298,8 @@ def spec_for_store(metadata: StoreMetadata, store_dir: str | os.PathLike, detect
         raise PipelineError(f"this store's features were not made by a detector ({metadata.detector!r}); "
                             "pass --detector WEIGHTS to extract new images", store_dir)
 
-    def weights_file(path: Path) -> Path:
-        if path.is_dir():
-            for candidate in (path / "model.safetensors", path / "final" / "model.safetensors"):
-                if candidate.is_file():
-                    return candidate
-            raise PipelineError("no model.safetensors in this folder (or its final/)", path)
-        return path
-
     if detector is None:
-        candidates = [Path(store_dir).resolve().parent / "detector" / "final" / "model.safetensors",
+        candidates = [Path(store_dir).resolve().parent / "detector" / "final" / WEIGHTS_NAME,
                       weights_cache_dir() / WEIGHTS_FILE]
         found = next((c for c in candidates if c.is_file() and file_sha256(c) == metadata.weights_sha256), None)
         if found is None:
@@ -315,7 +307,13 @@ def spec_for_store(metadata: StoreMetadata, store_dir: str | os.PathLike, detect
                                 f"{metadata.weights_sha256[:12]}...); pass --detector WEIGHTS", store_dir)
         target = found
     else:
-        target = weights_file(Path(detector))
+        folder = Path(detector)
+        if (folder / "final").is_dir():   # a train-detector run stands for its final checkpoint
+            folder = folder / "final"
+        try:
+            target = weights_file(folder)
+        except CheckpointError as err:
+            raise PipelineError(str(err)) from None
         if not target.is_file():
             raise PipelineError("detector weights not found", detector)
     sha = file_sha256(target)
@@ -331,12 +329,14 @@ def spec_for_store(metadata: StoreMetadata, store_dir: str | os.PathLike, detect
     return ExtractorSpec(config=metadata.detector_config, weights=str(target), weights_sha256=sha, device=device)
 
 
-def extract_files(paths: Sequence[str | os.PathLike], spec: ExtractorSpec,
-                  feature_dtype: str = "float32") -> list[ImageFeatures]:
-    """The regions of a few image files, in order; an unreadable image is one clear error."""
-    extractor = Extractor(spec)
+def extract_files(paths: Sequence[str | os.PathLike], spec: ExtractorSpec | Extractor,
+                  feature_dtype: str = "float32", timings: dict | None = None) -> list[ImageFeatures]:
+    """The regions of a few image files, in order; an unreadable image is one clear error.
+    `spec` may be an `Extractor` already loaded (a server keeps one for all its requests)."""
+    extractor = spec if isinstance(spec, Extractor) else Extractor(spec)
     entries = [ImageEntry(f"{Path(p).stem}-{i}", str(p)) for i, p in enumerate(paths)]
-    images, failures = extract_images(entries, extractor, feature_dtype=feature_dtype, decode_threads=0)
+    images, failures = extract_images(entries, extractor, feature_dtype=feature_dtype, decode_threads=0,
+                                      timings=timings)
     if failures:
         raise PipelineError(failures[0]["reason"], failures[0]["image"])
     return images

@@ -4,11 +4,11 @@ import json
 
 import torch
 import transformers
-from test_model_checkpoints import to_original_finetuned, to_original_pretraining
-from test_model_parity import make_inputs
 
 from model import LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering, save_pretrained
-from pipeline.cli import main
+from tests.helpers.lxmert_inputs import make_inputs
+from tests.helpers.original_checkpoints import to_original_finetuned, to_original_pretraining
+from workflows.cli import main
 
 
 def test_original_pretraining_pth_to_transformers(tmp_path, capsys):

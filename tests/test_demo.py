@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline.cli import main as cli
+from workflows.cli import main as cli
 from workflows.demo import MAIN_METRICS, TASK_SPLITS, VARIANTS
 from workflows.pipeline_config import load_pipeline_config
 

@@ -17,7 +17,7 @@ from PIL import Image
 from detector import GeneralizedRCNN, Matcher, preset, subsample_labels
 from detector.boxes import Box2BoxTransform
 from detector.losses import attribute_loss, fast_rcnn_losses, rpn_losses, smooth_l1_loss
-from pipeline.cli import main as cli
+from workflows.cli import main as cli
 from pipeline.detection import (DetectorTrainTask, ImageBoxes, box_map, held_out, load_detection_data, make_task,
                                 train_config)
 from pipeline.errors import PipelineError
@@ -183,7 +183,7 @@ def test_frozen_stages_get_no_gradient_and_keep_their_statistics():
     # freeze_at 0 trains the stem too
     model0 = GeneralizedRCNN(_small_labels(freeze_at=0)).train()
     sum(model0(images, [(256, 300), (240, 320)], _targets()).values()).backward()
-    assert model0.backbone.stem.conv1.weight.grad is not None
+    assert model0.backbone.stem.conv1.weight.grad.abs().sum() > 0
 
 
 def test_gt_boxes_join_the_proposals_and_sampling_respects_the_fraction():
@@ -393,10 +393,11 @@ def test_cli_trains_a_checkpoint_that_extract_loads(tmp_path, world, small_input
             "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2", "--workers", "1", "--no-progress"]
     code = cli(args)
     assert code == 0
-    assert "box AP" in capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
-    assert results["step"] == 4 and results["final"] == str(out / "final")
-    assert 0.0 <= results["validation"]["AP50"] <= 1.0 and results["val_images"] >= 1
+    assert results["step"] == 4 and results["final"] == str(out / "final") and results["val_images"] >= 1
+    # the summary printed is the validation results.json keeps
+    assert f"AP50 {results['validation']['AP50']:.3f} on {results['val_images']} held-out images" in \
+        capsys.readouterr().err
     assert (out / "final" / "objects_vocab.txt").read_text() == (world / "vg" / "objects_vocab.txt").read_text()
     checkpoints = sorted((out / "checkpoints").iterdir())
     assert [p.name for p in checkpoints] == ["step-0000002", "step-0000004"]
@@ -448,7 +449,7 @@ def test_schedule_defaults_overrides_and_spaced_validations():
     assert train_config("synth", 283, steps=50).epochs is None
     assert train_config("synth", 283, steps=50).val_every == 25
     assert train_config("synth", 283, val_every=7).val_every == 7
-    with pytest.raises(PipelineError, match="bad training options"):
+    with pytest.raises(PipelineError, match="training options: precision"):
         train_config("synth", 283, precision="fp8")
 
 
@@ -467,10 +468,12 @@ def test_two_gloo_ranks_train_the_detector_like_one_process(tmp_path, world, sma
     trend and the checkpoint format rather than exact numbers."""
     from safetensors.torch import load_file
 
-    from workflows.commands.train_detector import train_detector
+    from pipeline.stages.train_detector import train_detector
+    from workflows.executors import DaskExecutor
 
-    results = train_detector(world, tmp_path / "ddp", preset="synth", config=small_input, workers=2, steps=3,
-                             batch_size=4, progress=False, log_every=1)
+    with DaskExecutor(workers=2) as executor:
+        results = train_detector(world, tmp_path / "ddp", executor, preset="synth", config=small_input,
+                                 layers=[dict(steps=3, batch_size=4, progress=False, log_every=1)])
     assert results["step"] == 3 and (tmp_path / "ddp" / "results.json").exists()
     state = load_file(str(tmp_path / "ddp" / "final" / "model.safetensors"))
     assert "roi_heads.box_predictor.cls_score.weight" in state

@@ -5,29 +5,13 @@ import json
 
 import pytest
 
-from pipeline.cli import main
-from test_eval_gqa import CHOICES, PREDICTIONS as GQA_PREDICTIONS, QUESTIONS
-from test_eval_nlvr2 import EXAMPLES
-from test_eval_vqa import ANNOTATIONS, PREDICTIONS as VQA_PREDICTIONS
+from tests.helpers.official_eval_files import GQA_PREDICTIONS, GQA_QUESTIONS, VQA_PREDICTIONS, write_data_root
+from workflows.cli import main
 
 
 @pytest.fixture
 def data(tmp_path):
-    root = tmp_path / "data"
-    (root / "vqa").mkdir(parents=True)
-    (root / "vqa" / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"info": {}, **ANNOTATIONS}))
-    (root / "vqa" / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"questions": []}))
-    (root / "vqa" / "v2_OpenEnded_mscoco_test2015_questions.json").write_text(json.dumps({"questions": []}))
-    (root / "vqa" / "v2_mscoco_train2014_annotations.json").write_text(json.dumps(ANNOTATIONS))
-    (root / "gqa").mkdir()
-    (root / "gqa" / "val_all_questions.json").write_text(json.dumps(QUESTIONS))
-    balanced = {k: v for k, v in QUESTIONS.items() if v["isBalanced"]}
-    (root / "gqa" / "val_balanced_questions.json").write_text(json.dumps(balanced))
-    (root / "gqa" / "val_choices.json").write_text(json.dumps(CHOICES))
-    (root / "gqa" / "testdev_balanced_questions.json").write_text(json.dumps(balanced))
-    (root / "nlvr2").mkdir()
-    (root / "nlvr2" / "dev.json").write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
-    return root
+    return write_data_root(tmp_path / "data")
 
 
 def _write(tmp_path, name, content):
@@ -71,7 +55,7 @@ def test_gqa_predictions_file(tmp_path, data, capsys):
     assert results["distribution"] == pytest.approx(5.5 / 4 / 100)
     assert results["per_steps"] == {"2": {"accuracy": 40.0, "questions": 5}, "3": {"accuracy": 0.0, "questions": 1}}
     submitted = json.loads((tmp_path / "out" / "val_predictions.json").read_text())
-    assert [r["questionId"] for r in submitted] == list(QUESTIONS)     # every question, in file order
+    assert [r["questionId"] for r in submitted] == list(GQA_QUESTIONS)     # every question, in file order
     out = capsys.readouterr().out
     assert "consistency" in out and "lower is better" in out
 
@@ -94,7 +78,7 @@ def test_gqa_chunked_questions_directory(tmp_path, data):
     (data / "gqa" / "val_all_questions.json").unlink()
     chunks = data / "gqa" / "val_all_questions"
     chunks.mkdir()
-    items = list(QUESTIONS.items())
+    items = list(GQA_QUESTIONS.items())
     (chunks / "val_all_questions_0.json").write_text(json.dumps(dict(items[:3])))
     (chunks / "val_all_questions_1.json").write_text(json.dumps(dict(items[3:])))
     preds = _write(tmp_path, "gqa.json", [{"questionId": q, "prediction": a} for q, a in GQA_PREDICTIONS.items()])

@@ -1,4 +1,4 @@
-"""GQA metrics against numbers computed by hand from eval.py's definitions (evaluation.md §3.3)."""
+"""GQA metrics against numbers computed by hand from eval.py's definitions (docs/reference/evaluation.md §3.3)."""
 
 import copy
 
@@ -6,43 +6,11 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation.gqa import chi_square_distribution, gqa_metrics, steps_count
+from tests.helpers.official_eval_files import GQA_CHOICES as CHOICES, GQA_PREDICTIONS as PREDICTIONS, \
+    GQA_QUESTIONS as QUESTIONS
 
-
-def _q(text, answer, structural, semantic, ops, *, balanced=True, group=None, entailed=(), detailed="x"):
-    return {"question": text, "answer": answer, "isBalanced": balanced, "imageId": "1",
-            "types": {"structural": structural, "semantic": semantic, "detailed": detailed},
-            "groups": {"global": group, "local": None}, "entailed": list(entailed),
-            "semantic": [{"operation": o, "argument": a, "dependencies": []} for o, a in ops]}
-
-
-# Question ids are strings with leading zeros, as in GQA.
-QUESTIONS = {
-    "01": _q("What color is the car?", "red", "query", "attr", [("select", "car"), ("query", "color")],
-             group="color", entailed=["05", "01"]),                       # entails itself: excluded
-    "02": _q("Is the car red?", "yes", "verify", "rel", [("select", "car"), ("verify color", "red")]),
-    "03": _q("Is the car red or blue?", "red", "choose", "attr",
-             [("select", "car"), ("exist", "?"), ("choose color", "red|blue")], group="color", entailed=["02"]),
-    "04": _q("What is on the table?", "cup", "query", "obj",
-             [("select", "table"), ("relate", "_,on,s"), ("query", "name")], group="object"),
-    "05": _q("Is the car blue?", "no", "verify", "attr", [("select", "car"), ("verify color", "blue")],
-             balanced=False),
-    "06": _q("What do the car and the bus have in common?", "color", "compare", "attr",
-             [("select", "car"), ("select", "bus"), ("common", "")], detailed="twoCommon"),
-    "07": _q("What color is the bus?", "blue", "query", "attr", [("select", "bus"), ("query", "color")],
-             group="color"),
-}
-CHOICES = {
-    "01": {"valid": ["red", "blue", "green"], "plausible": ["red", "blue"]},
-    "02": {"valid": ["yes", "no"], "plausible": ["yes"]},
-    "03": {"valid": ["red", "blue"], "plausible": ["red", "blue"]},
-    "04": {"valid": ["cup", "plate", "table"], "plausible": ["cup", "plate"]},
-    "05": {"valid": ["yes", "no"], "plausible": ["yes", "no"]},
-    "06": {"valid": ["color"], "plausible": ["color"]},
-    "07": {"valid": ["red", "blue"], "plausible": ["red", "blue"]},
-}
-# right: 01, 03, 05 (unbalanced); wrong: 02, 04 ("banana" is neither valid nor plausible),
-# 06 ("material": wrong, but a "Common" question accepts color/material/shape), 07.
-PREDICTIONS = {"01": "red", "02": "no", "03": "red", "04": "banana", "05": "no", "06": "material", "07": "red"}
+# QUESTIONS, CHOICES, PREDICTIONS: seven questions; which answers are right and why is written
+# beside them in tests/helpers/official_eval_files.py
 
 
 def test_every_metric_by_hand():

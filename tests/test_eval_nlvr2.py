@@ -1,17 +1,10 @@
-"""NLVR2 accuracy and consistency by hand (evaluation.md §4)."""
+"""NLVR2 accuracy and consistency by hand (docs/reference/evaluation.md §4)."""
 
 import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.evaluation.nlvr2 import consistency_group, nlvr2_metrics
-
-EXAMPLES = [
-    {"identifier": "dev-1-0-0", "sentence": "Two dogs.", "label": "True"},
-    {"identifier": "dev-1-1-0", "sentence": "Two dogs.", "label": "False"},
-    {"identifier": "dev-1-2-0", "sentence": "Two dogs.", "label": "True"},
-    {"identifier": "dev-1-0-1", "sentence": "A cat.", "label": "False"},
-    {"identifier": "dev-2-0-0", "sentence": "Two dogs.", "label": "True"},   # same text, another set
-]
+from tests.helpers.official_eval_files import NLVR2_EXAMPLES as EXAMPLES
 
 
 def test_group_key_blanks_the_pair_field():

@@ -7,19 +7,21 @@ import pytest
 
 from pipeline.evaluation.evaluate import evaluate_predictions
 from pipeline.evaluation.significance import paired_bootstrap, question_scores
-from test_eval_command import data  # noqa: F401  (fixture: the official files under a data root)
-from test_eval_gqa import PREDICTIONS as GQA_PREDICTIONS
-from test_eval_nlvr2 import EXAMPLES
-from test_eval_vqa import PREDICTIONS as VQA_PREDICTIONS
+from tests.helpers.official_eval_files import GQA_PREDICTIONS, NLVR2_EXAMPLES, VQA_PREDICTIONS, write_data_root
 
-NLVR2_PREDICTIONS = {e["identifier"]: ("False" if i % 3 else str(e["label"])) for i, e in enumerate(EXAMPLES)}
+NLVR2_PREDICTIONS = {e["identifier"]: ("False" if i % 3 else str(e["label"])) for i, e in enumerate(NLVR2_EXAMPLES)}
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_data_root(tmp_path / "data")
 
 
 @pytest.mark.parametrize("task, split, answers, headline", [
     ("vqa", "val2014", VQA_PREDICTIONS, "overall"),
     ("gqa", "val", GQA_PREDICTIONS, "accuracy"),
     ("nlvr2", "dev", NLVR2_PREDICTIONS, "accuracy")])
-def test_question_scores_average_to_the_official_headline_metric(data, task, split, answers, headline):  # noqa: F811
+def test_question_scores_average_to_the_official_headline_metric(data, task, split, answers, headline):
     partial = dict(list(answers.items())[:-1])        # one question unanswered: scores 0, as officially
     for given in (answers, partial):
         scores = question_scores(task, given, data, split)

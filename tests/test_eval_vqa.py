@@ -1,5 +1,5 @@
 """VQA v2 accuracy against hand-computed answers and an independent transcription of the
-official per-question loop (reference evaluation.md §2)."""
+official per-question loop (docs/reference/evaluation.md §2)."""
 
 import hashlib
 import re
@@ -11,6 +11,8 @@ from pipeline.errors import PipelineError
 from pipeline.evaluation.vqa import question_accuracy, vqa_metrics
 from pipeline.evaluation.vqa_normalization import (CONTRACTIONS, normalize_answer, process_digit_article,
                                                    process_punctuation)
+from tests.helpers.official_eval_files import VQA_ANNOTATIONS as ANNOTATIONS, VQA_PREDICTIONS as PREDICTIONS, \
+    vqa_annotation
 
 
 # ---------------------------------------------------------------- normalisation vectors
@@ -55,7 +57,7 @@ def test_process_digit_article(text, expected):
 
 
 def test_contraction_map_is_the_official_one():
-    # 120 entries; sha256 prefix of repr(sorted(items)) from evaluation.md §2.2
+    # 120 entries; sha256 prefix of repr(sorted(items)) from docs/reference/evaluation.md §2.2
     assert len(CONTRACTIONS) == 120
     assert hashlib.sha256(repr(sorted(CONTRACTIONS.items())).encode()).hexdigest().startswith("8f189686e9ad")
 
@@ -150,19 +152,8 @@ def test_matches_transcription_of_the_official_loop(gt, pred):
 
 
 # ---------------------------------------------------------------- aggregation and rounding
-def _ann(qid, answers, atype, qtype):
-    return {"question_id": qid, "image_id": 1, "question_type": qtype, "answer_type": atype,
-            "multiple_choice_answer": answers[0] if answers else "",
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]}
-
-
-ANNOTATIONS = {"annotations": [
-    _ann(1, ["yes"] * 10, "yes/no", "is the"),                       # pred "yes": 1.0
-    _ann(2, ["3"] + ["4"] * 9, "number", "how many"),                # pred "three": k=1 -> 0.3
-    _ann(3, ["red"] * 10, "other", "what color"),                    # pred "blue": 0.0
-    _ann(4, ["white"] * 2 + ["gray"] * 8, "other", "what color"),    # pred "White": k=2 -> 0.6
-]}
-PREDICTIONS = {1: "yes", 2: "three", 3: "blue", 4: "White"}
+# ANNOTATIONS, PREDICTIONS: four questions, each one's score worked out beside it in
+# tests/helpers/official_eval_files.py
 
 
 def test_overall_per_answer_type_and_per_question_type():
@@ -209,7 +200,7 @@ def test_bad_annotations_are_one_clear_error():
     with pytest.raises(PipelineError, match="no 'annotations'"):
         vqa_metrics({"questions": []}, {})
     with pytest.raises(PipelineError, match="question 5 has no answers"):
-        vqa_metrics({"annotations": [_ann(5, [], "other", "what")]}, {})
+        vqa_metrics({"annotations": [vqa_annotation(5, [], "other", "what")]}, {})
 
 
 def test_normalize_answer_is_both_steps():

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.cli import main as cli_main
+from workflows.cli import main as cli_main
 from pipeline.errors import PipelineError
 from pipeline.extract import Extractor, extract_shard, resolve_spec
 from pipeline.features import FeatureStore, read_failures

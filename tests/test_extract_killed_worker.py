@@ -50,7 +50,8 @@ def test_killed_worker_job_completes_with_every_image_once(tmp_path):
     import dask
     from distributed import LocalCluster
 
-    from workflows.extract import run_extract
+    from pipeline.stages.extract import extract
+    from workflows.executors import DaskExecutor
 
     ids = write_images(tmp_path / "imgs", 12)
     out = tmp_path / "store"
@@ -62,8 +63,9 @@ def test_killed_worker_job_completes_with_every_image_once(tmp_path):
     watcher = threading.Thread(target=_kill_a_busy_worker, args=(cluster.scheduler_address, out, state, stop))
     try:
         watcher.start()
-        summary = run_extract(str(tmp_path / "imgs"), str(out), spec, shard_size=1, batch_size=1,
-                              scheduler=cluster.scheduler_address, decode_threads=1, progress=False)
+        with DaskExecutor(scheduler=cluster.scheduler_address) as executor:
+            summary = extract(str(tmp_path / "imgs"), str(out), spec, executor, shard_size=1, batch_size=1,
+                              decode_threads=1, progress=False)
     finally:
         stop.set()
         watcher.join(timeout=30)

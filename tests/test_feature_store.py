@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from feature_data import make_image, make_metadata
 from pipeline.errors import PipelineError
 from pipeline.features import (FeatureStore, finalize_store, load_manifest, read_shard_metadata, shard_name,
                                verify_store, write_shard)
+from tests.helpers.feature_data import make_image, make_metadata
 
 
 def build_store(directory, n=60, per_shard=25, dim=64, dtype="float16", vary_boxes=True):

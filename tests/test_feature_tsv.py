@@ -3,11 +3,11 @@ import base64
 import numpy as np
 import pytest
 
-from feature_data import make_image
-from pipeline.cli import main
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureStore, read_failures
 from pipeline.features.tsv import export_tsv, format_line, import_tsv
+from tests.helpers.feature_data import make_image
+from workflows.cli import main
 
 
 def write_tsv(path, images):

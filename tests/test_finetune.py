@@ -7,24 +7,26 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from finetune_world import make_world, pretraining_directory, to_original_pretraining
 from safetensors.torch import load_file
 
 from model import load_pretrained
 from model.tokenizer import train_wordpiece
 from pipeline.errors import PipelineError, UsageError
 from pipeline.features import FeatureStore
-from pipeline.finetune import FinetuneOptions, finetune, prepare_finetune
+from pipeline.stages.finetune import FinetuneOptions, finetune, prepare_finetune
 from pipeline.finetune.splits import read_nlvr2_split, read_vqa_split
 from pipeline.inputs.text import load_run_tokenizer
 from pipeline.readers.answers import AnswerVocab
 from pipeline.synth.oracle import write_oracle_store
 from pipeline.training import RunDir, TrainConfig
+from tests.helpers.finetune_world import make_world, pretraining_directory
+from tests.helpers.original_checkpoints import to_original_pretraining
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,8 @@ def val_lines(run):
 def test_each_task_fine_tunes_from_scratch_into_a_complete_run(tmp_path, world, task):
     run = tmp_path / task
     batch = 8 if task == "nlvr2" else 16      # NLVR2's 32 training statements: 4 steps an epoch
-    result = finetune(options(world, task), config(batch_size=batch, epochs=6 if task == "nlvr2" else 4), run)
-    assert result.step == result.total_steps and result.final_dir == run / "final"
+    result = finetune(options(world, task), run, layers=[config(batch_size=batch, epochs=6 if task == "nlvr2" else 4).to_dict()])
+    assert result["step"] == result["total_steps"] and result["final_dir"] == str(run / "final")
     losses = train_losses(run)
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
     vals = val_lines(run)
@@ -94,7 +96,7 @@ def test_vqa_model_loads_in_transformers(tmp_path, world):
     import transformers
 
     run = tmp_path / "vqa"
-    finetune(options(world, "vqa"), config(epochs=1), run)
+    finetune(options(world, "vqa"), run, layers=[config(epochs=1).to_dict()])
     theirs = transformers.LxmertForQuestionAnswering.from_pretrained(run / "final").eval()
     ours = load_pretrained(run / "final").eval()
     task = prepare_finetune(options(world, "vqa"), tmp_path / "other")
@@ -175,8 +177,8 @@ def test_init_from_a_pretraining_directory_carries_answer_rows_over_by_name(tmp_
     table = ["unrelated answer", *reversed(shared), "another one"]
     pre = pretraining_directory(tmp_path / "pre", *world, answers=table)
     run = tmp_path / "run"
-    result = finetune(options(world, "vqa", init=str(pre), preset=None), config(steps=2, epochs=None), run)
-    assert result.final_dir is not None
+    result = finetune(options(world, "vqa", init=str(pre), preset=None), run, layers=[config(steps=2, epochs=None).to_dict()])
+    assert (Path(result["final_dir"]) / "model.safetensors").is_file()
     init = RunDir(run).read_config()["task_options"]["init"]
     assert (init["kind"], init["answers_matched"], init["answers_total"]) == ("directory", len(shared),
                                                                              len(task_answers))
@@ -228,13 +230,13 @@ def test_init_from_an_original_pth_with_its_answer_table(tmp_path, world):
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(tmp_path, world):
     cfg = config(epochs=3, checkpoint_every=3, log_every=1)
     full = tmp_path / "full"
-    finetune(options(world, "gqa"), cfg, full)
+    finetune(options(world, "gqa"), full, layers=[cfg.to_dict()])
     # the same vocabulary (WordPiece learning is not deterministic from run to run)
     same = options(world, "gqa", vocab=str(full / "tokenizer"))
     cut = tmp_path / "cut"
-    finetune(same, cfg, cut, stop_after=8)     # killed after step 8; last checkpoint 6
+    finetune(same, cut, layers=[cfg.to_dict()], stop_after=8)     # killed after step 8; last checkpoint 6
     assert not (cut / "final").exists()
-    finetune(same, cfg, cut, resume=True)
+    finetune(same, cut, layers=[cfg.to_dict()], resume=True)
     assert RunDir(cut).metrics() != [] and train_losses(cut) == train_losses(full)
     assert [v["accuracy"] for v in val_lines(cut)] == [v["accuracy"] for v in val_lines(full)]
     for name in ("final", "best"):
@@ -265,7 +267,7 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, world):
     with pytest.raises(UsageError, match="vqa fine-tunes with bce"):
         prepare_finetune(options(world, "vqa", loss="ce"), tmp_path / "e")
     run = tmp_path / "done"
-    finetune(options(world, "nlvr2"), config(steps=1, epochs=None, batch_size=8), run)
+    finetune(options(world, "nlvr2"), run, layers=[config(steps=1, epochs=None, batch_size=8).to_dict()])
     with pytest.raises(PipelineError, match="already holds a training run"):
         prepare_finetune(options(world, "nlvr2"), run)
 
@@ -277,7 +279,7 @@ def test_a_vocabulary_that_cuts_many_training_sentences_is_warned_about(tmp_path
     narrow = train_wordpiece([e.sentence for e in read_vqa_split(data, "train2014")], tmp_path / "narrow")
     cut = narrow.count_truncated(statements)
     assert cut > 0.05 * len(statements)
-    with caplog.at_level("WARNING", logger="pipeline.finetune.stage"):
+    with caplog.at_level("WARNING", logger="pipeline.stages.finetune"):
         task = prepare_finetune(options(world, "nlvr2", vocab=str(tmp_path / "narrow")), tmp_path / "cut")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(f"nlvr2: {cut} of the {len(statements)} training sentences" in m and "cut off" in m
@@ -285,14 +287,14 @@ def test_a_vocabulary_that_cuts_many_training_sentences_is_warned_about(tmp_path
     assert task.record["truncated_train_sentences"] == cut
     caplog.clear()
     # a vocabulary learnt on the task's own sentences (from scratch, no --vocab) cuts none
-    with caplog.at_level("WARNING", logger="pipeline.finetune.stage"):
+    with caplog.at_level("WARNING", logger="pipeline.stages.finetune"):
         task = prepare_finetune(options(world, "nlvr2"), tmp_path / "whole")
     assert task.record["truncated_train_sentences"] == 0 and not caplog.records
 
 
 def test_default_recipe_is_the_reference_for_paper_width_models(tmp_path, world):
     from pipeline.finetune.recipe import recipe
-    from pipeline.finetune.stage import default_recipe
+    from pipeline.stages.finetune import default_recipe
     from pipeline.training.precision import fast_precision
 
     for task, lr in (("vqa", 5e-5), ("gqa", 1e-5), ("nlvr2", 5e-5)):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from finetune_world import make_world
 
-from pipeline.cli import main
 from pipeline.training import RunDir
+from tests.helpers.finetune_world import make_world
+from workflows.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from finetune_world import make_world
 
-from pipeline.finetune import FinetuneOptions, finetune
+from pipeline.stages.finetune import FinetuneOptions, finetune
 from pipeline.readers import DataRoot
 from pipeline.synth.baselines import vqa_baseline
 from pipeline.training import RunDir, TrainConfig
+from tests.helpers.finetune_world import make_world
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_vqa_from_scratch_beats_the_question_only_baseline(tmp_path):
                                   model={"hidden_size": 64, "intermediate_size": 128})
         config = TrainConfig(epochs=30, batch_size=32, optimizer="adamw", lr=1e-3, warmup=0.05, clip_norm=5.0,
                              best_metric="accuracy", val_batch_size=256, progress=False, log_every=50)
-        finetune(options, config, tmp_path / "run")
+        finetune(options, tmp_path / "run", layers=[config.to_dict()])
     finally:
         torch.set_num_threads(threads)
     best = RunDir(tmp_path / "run").best_record()["value"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from feature_data import make_image, make_metadata, make_store
 
 from model import LxmertConfig
 from pipeline.errors import PipelineError
 from pipeline.inputs import check_store_fits, config_for_store, read_visual, run_tokenizer
 from pipeline.inputs.text import load_run_tokenizer
+from tests.helpers.feature_data import make_image, make_metadata, make_store
 
 
 def test_visual_batch_pads_variable_box_counts_and_normalises_boxes(tmp_path):
@@ -25,14 +25,25 @@ def test_visual_batch_pads_variable_box_counts_and_normalises_boxes(tmp_path):
     assert (batch.features[1, 10:] == 0).all() and (batch.objects_id[1, 10:] == -100).all()
     assert (batch.objects_conf[1, 10:] == 0).all()
     inputs = batch.model_inputs()
-    assert inputs["visual_attention_mask"] is not None and inputs["visual_feats"].shape == (2, 36, 16)
+    assert inputs["visual_feats"].shape == (2, 36, 16)
+    assert inputs["visual_attention_mask"].tolist() == [[1.0] * 36, [1.0] * 10 + [0.0] * 26]
 
 
 def test_unpadded_batch_passes_no_visual_mask(tmp_path):
     store = make_store(tmp_path / "s", [make_image(i, dim=16) for i in range(3)])
     batch = read_visual(store, store.image_ids)
     assert not batch.padded and batch.model_inputs()["visual_attention_mask"] is None
-    assert (batch.boxes >= 0).all() and (batch.boxes <= 1).all()
+
+
+def test_box_edges_a_fraction_outside_the_image_are_clipped_to_its_border(tmp_path):
+    image = make_image(0, num_boxes=12, dim=16)
+    w, h = image.width, image.height
+    image.boxes[0] = [-0.4, -0.2, w + 0.3, h + 0.5]        # detector rounding past every edge
+    store = make_store(tmp_path / "s", [image])
+    boxes = read_visual(store, ["img000000"]).boxes[0]
+    np.testing.assert_array_equal(boxes[0], [0.0, 0.0, 1.0, 1.0])
+    scale = np.array([w, h, w, h], np.float32)
+    np.testing.assert_allclose(boxes[1:], image.boxes[1:] / scale, rtol=1e-6)    # the rest untouched
 
 
 def test_config_follows_the_store_and_mismatches_are_one_clear_error(tmp_path):

@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 import transformers
-from test_model_parity import make_inputs
 
 from model import (CheckpointError, LxmertConfig, LxmertForNLVR2, LxmertForPreTraining,
                    LxmertForQuestionAnswering, load_pretrained, save_pretrained)
 from model.checkpoints import read_checkpoint
+from tests.helpers.lxmert_inputs import make_inputs
+from tests.helpers.original_checkpoints import to_original_finetuned, to_original_pretraining
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +29,6 @@ def same_outputs(a, b, config, **kw):
     with torch.no_grad():
         x, y = a(**inputs, **kw), b(**inputs, **kw)
     return x, y
-
-
-def to_original_pretraining(state):
-    """The key names of airsplay/lxmert's LXRTPretraining saved from nn.DataParallel."""
-    return {"module." + ("bert." + k[len("lxmert."):] if k.startswith("lxmert.") else k): v.clone()
-            for k, v in state.items()}
-
-
-def to_original_finetuned(state, head):
-    """airsplay/lxmert's VQA/GQA/NLVR2 models: lxrt_encoder.model.bert.* + logit_fc.*"""
-    out = {}
-    for k, v in state.items():
-        if k.startswith("lxmert."):
-            out["lxrt_encoder.model.bert." + k[len("lxmert."):]] = v.clone()
-        elif k.startswith(head):
-            out["logit_fc." + k[len(head):]] = v.clone()
-    return out
 
 
 def test_saved_directory_loads_in_transformers(tmp_path, config):

@@ -4,9 +4,9 @@ weights, empty label sets, the padding-row quirk, and bf16 autocast."""
 import pytest
 import torch
 import torch.nn.functional as F
-from test_model_parity import make_inputs, make_labels
 
 from model import LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering, soft_score_bce_loss
+from tests.helpers.lxmert_inputs import make_inputs, make_labels
 
 
 @pytest.fixture(scope="module")

@@ -4,29 +4,45 @@ from __future__ import annotations
 
 import json
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
-from feature_data import make_image, make_store
 from PIL import Image
 
 from model import LxmertConfig, LxmertForQuestionAnswering
 from model.tokenizer import train_wordpiece
 from pipeline.finetune.splits import QuestionExample
 from pipeline.pictures import cross_attention_map, draw_attention, draw_regions, plot_training_curves
+from tests.helpers.feature_data import make_image, make_store
 from workflows.demo_pictures import pick_shown_question
 
 
-def _is_png(path) -> bool:
+def _pixels(path) -> np.ndarray:
+    """The picture as (H, W, 3) ints; it must be a PNG."""
     with Image.open(path) as im:
-        return im.format == "PNG" and im.width > 100 and im.height > 100
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def _count(pixels: np.ndarray, rgba, tolerance: int = 12) -> int:
+    """How many pixels have the colour `rgba` (matplotlib's 0..1 floats)."""
+    target = np.array(rgba[:3]) * 255
+    return int((np.abs(pixels - target).max(-1) < tolerance).sum())
 
 
 def test_regions_drawn_on_their_image(tmp_path):
     regions = make_image(0, num_boxes=12, dim=8, num_objects=3, num_attributes=2)
     image = np.full((regions.height, regions.width, 3), 200, np.uint8)
     out = draw_regions(image, regions, ["circle", "square", "star"], ["red", "blue"], tmp_path / "p" / "d.png")
-    assert _is_png(out) and [p.name for p in (tmp_path / "p").iterdir()] == ["d.png"]
+    assert [p.name for p in (tmp_path / "p").iterdir()] == ["d.png"]
+    pixels = _pixels(out)
+    # the image keeps its shape (the axes are off, so the picture is the image)
+    assert pixels.shape[1] / pixels.shape[0] == pytest.approx(regions.width / regions.height, rel=0.1)
+    # the 8 most confident of the 12 regions, one tab10 colour per rank, and no more
+    tab10 = matplotlib.colormaps["tab10"]
+    assert all(_count(pixels, tab10(rank)) > 100 for rank in range(8))
+    assert _count(pixels, tab10(8)) == 0 and _count(pixels, tab10(9)) == 0
 
 
 def test_training_curves_one_panel_per_loss(tmp_path):
@@ -36,7 +52,11 @@ def test_training_curves_one_panel_per_loss(tmp_path):
         lines = [{"step": s, "epoch": s / 10, "lr": 1e-4, "loss": scale / s, "mlm": 0.5 / s} for s in range(1, 20)]
         lines.append({"step": 19, "epoch": 1.9, "split": "val", "loss": scale / 10})
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert _is_png(plot_training_curves({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "curves.png"))
+    pixels = _pixels(plot_training_curves({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "curves.png"))
+    # two panels side by side ("loss", "mlm"; step/epoch/lr are not losses): 8.4 x 3.0 inches
+    assert 2.4 < pixels.shape[1] / pixels.shape[0] < 3.4
+    tab10 = matplotlib.colormaps["tab10"]
+    assert _count(pixels, tab10(0)) > 100 and _count(pixels, tab10(1)) > 100     # a line for each run
     with pytest.raises(ValueError, match="no metrics"):
         plot_training_curves({"empty": tmp_path / "nowhere"}, tmp_path / "x.png")
 
@@ -61,7 +81,12 @@ def test_cross_attention_rows_are_distributions_over_the_real_regions(tmp_path):
     np.testing.assert_allclose(amap.weights, expected.detach().numpy(), atol=1e-6)
     image = np.zeros((120, 160, 3), np.uint8)
     pixel_boxes = boxes[0, :4].numpy() * [160, 120, 160, 120]
-    assert _is_png(draw_attention(image, pixel_boxes, amap, tmp_path / "att.png", top=3, title="q"))
+    pixels = _pixels(draw_attention(image, pixel_boxes, amap, tmp_path / "att.png", top=3, title="q"))
+    # the most attended region is framed in autumn's red on the black image, and the word x
+    # region matrix spans viridis from its darkest to its brightest cell
+    assert _count(pixels, (1.0, 0.0, 0.0)) > 100
+    viridis = matplotlib.colormaps["viridis"]
+    assert _count(pixels, viridis(0.0), tolerance=8) > 500 and _count(pixels, viridis(1.0), tolerance=8) > 500
 
 
 def test_the_demo_shows_the_question_whose_object_was_detected_most_confidently(tmp_path):

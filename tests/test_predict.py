@@ -10,13 +10,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from finetune_world import make_world
 
 from model import load_pretrained
+from tests.helpers.finetune_world import make_world
 
-from pipeline.cli import main
+from workflows.cli import main
 from pipeline.errors import PipelineError
-from pipeline.finetune import FinetuneOptions, finetune
+from pipeline.stages.finetune import FinetuneOptions, finetune
 from pipeline.finetune.predict import predict
 from pipeline.finetune.splits import read_gqa_split, read_nlvr2_split, read_vqa_split
 from pipeline.finetune.tasks import VQATask
@@ -46,7 +46,7 @@ def runs(tmp_path_factory):
     for task in SPLITS:
         config = TrainConfig(epochs=3, batch_size=8 if task == "nlvr2" else 16, lr=2e-3, warmup=0.1, clip_norm=5.0,
                              best_metric="accuracy", progress=False, seed=2)
-        finetune(FinetuneOptions(task, str(store), str(data), preset="tiny"), config, root / task)
+        finetune(FinetuneOptions(task, str(store), str(data), preset="tiny"), root / task, layers=[config.to_dict()])
         out[task] = root / task
     torch.set_num_threads(threads)
     return data, store, out
@@ -119,7 +119,7 @@ def test_a_language_only_run_predicts_without_looking_at_images(runs, tmp_path):
     data, store, _ = runs
     run = tmp_path / "text-only"
     config = TrainConfig(steps=6, batch_size=16, lr=2e-3, progress=False, best_metric="accuracy")
-    finetune(FinetuneOptions("vqa", str(store), str(data), preset="tiny", language_only=True), config, run)
+    finetune(FinetuneOptions("vqa", str(store), str(data), preset="tiny", language_only=True), run, layers=[config.to_dict()])
     assert RunDir(run).read_config()["task_options"]["language_only"] is True
     _, answers = predict(run, data, "val2014")
     questions = read_vqa_split(data, "val2014")

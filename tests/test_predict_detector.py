@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from feature_data import make_metadata
 
 from detector import build_detector, preset, save_detector
-from detector.checkpoint import file_sha256
 from pipeline.errors import PipelineError
 from pipeline.extract import spec_for_store
+from pipeline.features.shard import file_sha256
+from tests.helpers.feature_data import make_metadata
 
 
 def test_the_store_s_detector_is_found_beside_it_only_when_its_hash_matches(tmp_path):

@@ -7,13 +7,13 @@ import os
 
 import pytest
 import yaml
-from feature_data import make_store
-from pretrain_world import make_world
 
 from model import LxmertForQuestionAnswering, load_pretrained
-from pipeline.cli import main
 from pipeline.inputs.text import load_run_tokenizer
 from pipeline.synth.oracle import oracle_images
+from tests.helpers.feature_data import make_store
+from tests.helpers.pretrain_world import make_world
+from workflows.cli import main
 
 
 @pytest.fixture(scope="module")

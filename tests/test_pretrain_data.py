@@ -7,17 +7,18 @@ import pickle
 
 import numpy as np
 import pytest
-from feature_data import make_store
-from pretrain_world import make_world
 
 from pipeline.errors import PipelineError
 from pipeline.finetune.splits import read_gqa_split, read_nlvr2_split, read_vqa_split
 from pipeline.inputs.text import load_run_tokenizer
-from pipeline.pretraining import PretrainOptions, prepare_pretraining
+from pipeline.pretraining import PretrainOptions
+from pipeline.stages.pretrain import prepare_pretraining
 from pipeline.pretraining.examples import ExampleTable, read_counts
 from pipeline.pretraining.masking import IGNORE
 from pipeline.readers.answers import AnswerVocab
 from pipeline.synth.oracle import oracle_images
+from tests.helpers.feature_data import make_store
+from tests.helpers.pretrain_world import make_world
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,6 @@ def test_a_batch_follows_the_reference_rules(prepared):
     t = data.table
     n = b["visual_feats"].shape[1]
     assert b["input_ids"].shape == (64, 20) and b["visual_feats"].shape == (64, n, 32)
-    assert b["visual_pos"].min() >= 0 and b["visual_pos"].max() <= 1
     # masked LM: labels only on WordPieces (never [CLS], [SEP], padding), -100 elsewhere
     specials = task.special_ids
     labelled = b["labels"] != IGNORE
@@ -125,15 +125,17 @@ def test_a_batch_follows_the_reference_rules(prepared):
     # masked objects: only real boxes, targets are the store's unmasked features and labels
     feat_mask = b["feat_mask"].bool()
     assert feat_mask.any()
-    real = b.get("visual_attention_mask", None)
-    if real is not None:
-        assert not feat_mask[real == 0].any()
+    # every image of the synthetic world has its 10 boxes: no padding, so no visual mask, as in
+    # the reference (that padding is never masked: test_pretrain_masking.py)
+    assert "visual_attention_mask" not in b and (b["obj_ids"] != IGNORE).all()
     unchanged = ~feat_mask
     assert (b["visual_feats"][unchanged] == b["feat_targets"][unchanged]).all()
     first = data.store.get(t.image_ids[t.image_index[0]])
     k = first.num_boxes
     np.testing.assert_array_equal(b["obj_ids"][0, :k].numpy(), first.objects_id)
     np.testing.assert_allclose(b["feat_targets"][0, :k].numpy(), first.features)
+    # positions: the boxes over the image's width and height
+    np.testing.assert_allclose(b["visual_pos"][0, :k].numpy(), first.normalized_boxes(), rtol=1e-6)
 
 
 def test_batches_are_deterministic_for_a_seed_in_any_process(prepared):

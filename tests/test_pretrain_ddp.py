@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from pretrain_world import make_world
-from training_tasks import assert_same_weights
 
-from pipeline.pretraining import PretrainOptions, prepare_pretraining
+from pipeline.pretraining import PretrainOptions
+from pipeline.stages.pretrain import prepare_pretraining
+from pipeline.stages.training import train_run
 from pipeline.training import RunDir, TrainConfig, train
-from workflows.train import run_training
+from tests.helpers.pretrain_world import make_world
+from tests.helpers.training_tasks import assert_same_weights
+from workflows.executors import DaskExecutor
 
 
 # every task; and matching alone, which leaves the visual stream's last layer without a
@@ -27,8 +29,9 @@ def test_two_gloo_workers_end_three_steps_with_the_parameters_of_one_process(tmp
     single = RunDir(tmp_path / "single")
     single.check_writable()
     reference = train(task, TrainConfig(**config, grad_accum=2), single)
-    out = run_training(task, TrainConfig(**config), tmp_path / "ddp", workers=2,
-                       extra_config={"data_summary": summary})
+    with DaskExecutor(workers=2) as executor:
+        out = train_run(task, TrainConfig(**config), tmp_path / "ddp", executor, resume=False,
+                        record={"data_summary": summary})
     assert out["step"] == 3
     assert_same_weights(reference.final_dir, tmp_path / "ddp" / "final")
     ddp_lines = [m for m in RunDir(tmp_path / "ddp").metrics() if m.get("split") != "val"]

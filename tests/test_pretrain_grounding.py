@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pretrain_world import make_world
 
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureStore
 from pipeline.inputs.text import load_run_tokenizer
-from pipeline.pretraining import PretrainOptions, prepare_pretraining
+from pipeline.pretraining import PretrainOptions
+from pipeline.stages.pretrain import prepare_pretraining
 from pipeline.pretraining.grounding import (detector_label_names, load_questions, question, sample_presence,
                                             statement)
 from pipeline.readers.answers import AnswerVocab
+from tests.helpers.pretrain_world import make_world
 
 # confident: 0 (twice), 2; seen at low confidence only: 3, 1; never seen: 4, 5
 IDS = np.array([[0, 0, 2, 3, 1]])
@@ -170,10 +171,11 @@ def test_with_the_warm_up_a_small_run_learns_matching(tmp_path):
     """Issue 6's "every task's loss falling", matching included (about 5 minutes on 2 cores):
     the `demo` preset on a 2400-image world's ground-truth regions, 2 Dask workers, the demo's
     2 warm-up epochs. The reference recipe leaves the matching loss at ln 2 = 0.693 here
-    (README: still 0.694 after 4200 steps); measured with the warm-up: 0.566 at step 2400."""
+    (still 0.694 after 4200 steps); with the warm-up 0.566 at step 2400
+    (research/2026-11-27-pretraining-words-and-grounding.md)."""
     import json
 
-    from pipeline.cli import main
+    from workflows.cli import main
     from pipeline.synth.generate import generate
     from pipeline.synth.oracle import write_oracle_store
 

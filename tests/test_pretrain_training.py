@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pretrain_world import make_world
 from safetensors.torch import load_file
 
-from pipeline.pretraining import prepare_pretraining
+from pipeline.stages.pretrain import prepare_pretraining
 from pipeline.training import RunDir, TrainConfig, train
+from tests.helpers.pretrain_world import make_world
 
 
 @pytest.fixture(scope="module")

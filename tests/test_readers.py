@@ -329,7 +329,7 @@ def test_data_root_paths_and_missing(tmp_path):
 
 
 def test_data_info_command_reports_counts_and_missing(tmp_path, capsys):
-    from pipeline.cli import main
+    from workflows.cli import main
 
     vqa_files(tmp_path / "vqa")
     assert main(["data", "info", str(tmp_path)]) == 0

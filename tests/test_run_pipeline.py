@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from pipeline.cli import main
+from workflows.cli import main
 from pipeline.synth.generate import generate
 from workflows.pipeline_config import parse_pipeline_config
 

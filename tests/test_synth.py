@@ -216,7 +216,7 @@ def test_same_seed_same_files(tmp_path):
 
 
 def test_synth_command_writes_summary_readme_and_baselines(tmp_path, capsys):
-    from pipeline.cli import main
+    from workflows.cli import main
 
     out = tmp_path / "world"
     assert main(["synth", "--out", str(out), "--images", "80", "--seed", "1", "--workers", "1"]) == 0
@@ -228,7 +228,7 @@ def test_synth_command_writes_summary_readme_and_baselines(tmp_path, capsys):
 
 
 def test_synth_refuses_bad_arguments(tmp_path, capsys):
-    from pipeline.cli import main
+    from workflows.cli import main
 
     with pytest.raises(SystemExit) as err:
         main(["synth", "--out", str(tmp_path / "x"), "--images", "10"])
@@ -262,7 +262,7 @@ def test_pretraining_entries_in_lxmert_format(world, tmp_path):
 
 
 def test_data_info_on_the_synthetic_world(world, capsys):
-    from pipeline.cli import main
+    from workflows.cli import main
 
     assert main(["data", "info", str(world.root)]) == 0
     out = capsys.readouterr().out
@@ -271,7 +271,7 @@ def test_data_info_on_the_synthetic_world(world, capsys):
 
 
 def test_rewriting_a_world_with_fewer_images_leaves_no_stale_images(tmp_path):
-    from pipeline.cli import main
+    from workflows.cli import main
 
     out = tmp_path / "w"
     assert main(["synth", "--out", str(out), "--images", "120", "--workers", "1", "--no-baselines"]) == 0

@@ -4,6 +4,7 @@ gradient accumulation, run directory and errors (single process, CPU)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +13,11 @@ from safetensors.torch import load_file
 
 from pipeline.errors import PipelineError
 from pipeline.training import BertAdam, RunDir, TrainConfig, train, warmup_linear, warmup_linear_schedule
-from training_tasks import ClusterTask
+from tests.helpers.training_tasks import ClusterTask
 
 
 def _reference_bert_adam(p0, grads, lr, warmup, t_total, wd=0.01, b1=0.9, b2=0.999, eps=1e-6):
-    """pytorch-pretrained-bert BertAdam written out in numpy (reference/lxmert.md §1.6)."""
+    """pytorch-pretrained-bert BertAdam written out in numpy (docs/reference/lxmert.md §1.6)."""
     p, m, v = p0.astype(np.float64).copy(), np.zeros_like(p0, np.float64), np.zeros_like(p0, np.float64)
     for step, g in enumerate(grads):
         x = step / t_total
@@ -82,7 +83,7 @@ def test_killed_and_resumed_run_gives_exactly_the_uninterrupted_losses(tmp_path,
     full = RunDir(tmp_path / "full")
     full.check_writable()
     result = train(task, config, full)
-    assert result.step == 12 and result.final_dir is not None
+    assert result.step == 12 and Path(result.final_dir) == full.path / "final"
 
     cut = RunDir(tmp_path / "cut")
     cut.check_writable()
@@ -164,3 +165,35 @@ def test_best_validation_is_kept_beside_the_last_and_survives_a_resume(tmp_path)
     lower.check_writable()
     train(task, _config(epochs=2, best_metric="-accuracy"), lower)
     assert lower.best_record()["value"] == min(m["accuracy"] for m in lower.metrics() if m.get("split") == "val")
+
+
+def test_a_checkpoint_writer_that_fails_leaves_the_previous_checkpoints_as_they_were(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.check_writable()
+
+    def write(text):
+        def writer(directory):
+            (directory / "model.safetensors").write_text(text)
+            (directory / "resume.pt").write_text(text)
+        return writer
+
+    def killed(directory):
+        (directory / "model.safetensors").write_text("half")
+        raise KeyboardInterrupt
+
+    first = run.save_checkpoint(10, write("step 10"), keep=2)
+    run.save_best(write("best of step 10"), {"metric": "accuracy", "value": 0.5, "step": 10})
+    with pytest.raises(KeyboardInterrupt):
+        run.save_checkpoint(20, killed, keep=2)
+    with pytest.raises(KeyboardInterrupt):
+        run.save_best(killed, {"metric": "accuracy", "value": 0.9, "step": 20})
+    # no step-20 (complete or not), and nothing under a temporary name either
+    assert run.checkpoints() == [first]
+    assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["step-0000010"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["best", "checkpoints"]
+    assert (first / "model.safetensors").read_text() == "step 10"
+    assert run.best_record()["step"] == 10
+    assert (run.path / "best" / "model.safetensors").read_text() == "best of step 10"
+    # a later save of the same step replaces the directory as a whole
+    run.save_checkpoint(10, lambda d: (d / "model.safetensors").write_text("again"), keep=2)
+    assert sorted(p.name for p in first.iterdir()) == ["model.safetensors"]

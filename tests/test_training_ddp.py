@@ -6,8 +6,14 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.training import RunDir, TrainConfig, train
-from training_tasks import ClusterTask, assert_same_weights
-from workflows.train import run_training
+from tests.helpers.training_tasks import ClusterTask, assert_same_weights
+from pipeline.stages.training import train_run
+from workflows.executors import DaskExecutor
+
+
+def run_training(task, config, out, *, workers: int, resume: bool = False):
+    with DaskExecutor(workers=workers) as executor:
+        return train_run(task, config, out, executor, resume=resume)
 
 
 def _config(**kw):

@@ -7,13 +7,18 @@ import argparse
 import pytest
 
 from pipeline.errors import PipelineError, UsageError
-from workflows.commands.training_options import add_training_arguments, read_options_file, train_config
+from pipeline.training import TrainConfig
+from workflows.commands.training_options import add_training_arguments, flag_train_settings, read_options_file
 
 
 def parse(*argv):
     parser = argparse.ArgumentParser()
     add_training_arguments(parser)
     return parser.parse_args(["--out", "run", *argv])
+
+
+def train_config(args, recipe, file_options):
+    return TrainConfig.from_layers(recipe, file_options.get("train", {}), flag_train_settings(args))
 
 
 def test_flags_beat_the_file_which_beats_the_recipe(tmp_path):

@@ -22,6 +22,16 @@ from typing import Iterator
 log = logging.getLogger(__name__)
 
 
+def quiet_dask_logs() -> None:
+    """Dask logs every worker start and stop at INFO; users want the stages' lines. Kept at
+    INFO when the CLI runs with --debug (the root logger at DEBUG)."""
+    import distributed  # noqa: F401 - configures its loggers on import; quiet them after
+
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        for name in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _gpu_count() -> int:
     import torch
 
@@ -41,6 +51,7 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None, dev
     if client is not None:
         yield client
         return
+    quiet_dask_logs()
     if scheduler:
         try:
             client = Client(scheduler, timeout="30s")

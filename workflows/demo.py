@@ -55,12 +55,8 @@ class DemoPlan:
 PLANS = {
     # under 20 minutes on 2 cores (2 Dask workers: two fine-tunings at a time). The world is
     # large for its step counts on purpose: LXMERT's premise is a pretraining corpus far larger
-    # than any fine-tuning set, and the steps, not the images, cost the time (6000 images add
-    # ~1.2 min of synth and extraction over 2400). Measured on ground-truth regions, same 3000
-    # pretraining steps: on a 2400-image world (1344 pretraining images, 10 fine-tuning epochs)
-    # pretraining added 1.6 VQA points; on a 6000-image world (3360 pretraining images, the
-    # reference's 4 fine-tuning epochs: the same fine-tuning steps) it added 14.0 (59.73 vs 45.75;
-    # "what color is the X?" 98.5% vs 23.8%). The larger splits also tighten the table's intervals.
+    # than any fine-tuning set, and the steps, not the images, cost the time; the larger splits
+    # also tighten the table's intervals (research/2026-11-27-pretraining-corpus-size.md).
     "full": DemoPlan(images=6000, detector_preset="synth", detector_steps=600, extract_batch=4,
                      model_preset="demo", pretrain_steps=3000, pretrain_batch=64,
                      finetune_epochs=4, finetune_batch=32, nlvr2_epochs=4),
@@ -71,11 +67,10 @@ PLANS = {
 }
 
 
-# Pretraining departs from the reference recipe in two documented options (README, "Pretraining
-# from scratch at small scale"): the [CLS] position predicts the sentence's words, and a quarter
-# of each batch (all of it in the first epoch) asks about the image's own detections. Measured on
-# the full demo's world and store, 3000 steps, then the same fine-tunings: VQA 45.92 vs 43.81 and
-# GQA 43.12 vs 41.93 with the reference's losses; validation matching loss 0.612 vs 0.694 (ln 2).
+# Pretraining departs from the reference recipe in two documented options (docs/pretraining.md):
+# the [CLS] position predicts the sentence's words, and a quarter of each batch (all of it in the
+# first epoch) asks about the image's own detections. Without them a from-scratch model of this
+# size never learns matching in 3000 steps and pretraining helps the fine-tuned tasks less.
 PRETRAIN_TASK = {"sentence_words_weight": 1.0, "grounding_warmup_epochs": 1, "grounding_rate": 0.25}
 
 
@@ -85,8 +80,8 @@ def run_name(task: str, variant: str) -> str:
 
 def default_workers() -> int:
     """Two local workers where there are two cores: the detector and pretraining run as DDP
-    over two 1-thread ranks (measured 1.5x and 2x the examples/s of one 2-thread process for
-    these small networks), and the fine-tunings run two at a time."""
+    over two 1-thread ranks (for these small networks faster than one 2-thread process), and
+    the fine-tunings run two at a time."""
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
@@ -108,8 +103,7 @@ def pipeline_values(out: Path, plan: DemoPlan, workers: int | None) -> dict[str,
         "data": str(out / "world"), "out": str(out / "runs"), "device": "cpu", "workers": workers or default_workers(),
         "detector": {"preset": plan.detector_preset, "train": {"steps": plan.detector_steps}},
         "extract": {"preset": plan.detector_preset, "batch_size": plan.extract_batch, "shard_size": 500},
-        # one validation, at the end (the per-epoch ones cost nothing measurable: 439 vs 436 s of
-        # pretraining; kept because the README's table comes from runs with this setting)
+        # one validation, at the end: the table needs only the last one
         "pretrain": {"preset": plan.model_preset,
                      "train": {"steps": plan.pretrain_steps, "batch_size": plan.pretrain_batch,
                                "val_every": plan.pretrain_steps},
@@ -228,7 +222,8 @@ def run_demo(out: str | os.PathLike, *, quick: bool = False, workers: int | None
     t0 = time.perf_counter()
     from workflows.demo_pictures import draw_demo_pictures
 
-    pictures = draw_demo_pictures(out)
+    pictures = draw_demo_pictures(out, {task: {variant: out / "runs" / "finetune" / run_name(task, variant)
+                                               for variant in VARIANTS} for task in TASK_SPLITS})
     seconds["pictures"] = time.perf_counter() - t0
     results = collect_results(out, summary)
     differences = compare_variants(out)

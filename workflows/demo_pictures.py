@@ -80,11 +80,11 @@ def draw_question_attention(world: Path, run: Path, store, out: Path) -> Path | 
     return draw_attention(image, regions.boxes, reply.attention, out, top=8, title=title, region_names=names)
 
 
-def draw_demo_pictures(out: Path) -> dict[str, str]:
-    """Every picture of the demo; a picture that cannot be drawn is logged, never fatal."""
+def draw_demo_pictures(out: Path, finetune_runs: dict[str, dict[str, Path]]) -> dict[str, str]:
+    """Every picture of the demo; a picture that cannot be drawn is logged, never fatal.
+    `finetune_runs`: {task: {variant: run directory}}, VQA's "pretrained" among them."""
     from pipeline.features import FeatureStore
     from pipeline.pictures.curves import plot_training_curves
-    from workflows.demo import TASK_SPLITS, VARIANTS, run_name
 
     pictures = out / "pictures"
     runs = out / "runs"
@@ -98,13 +98,12 @@ def draw_demo_pictures(out: Path) -> dict[str, str]:
                                                         pictures / "pretrain_losses.png",
                                                         title="pretraining losses per task"),
         "cross_attention": lambda: draw_question_attention(out / "world",
-                                                           runs / "finetune" / run_name("vqa", "pretrained"),
+                                                           finetune_runs["vqa"]["pretrained"],
                                                            store, pictures / "cross_attention.png"),
     }
-    for task in TASK_SPLITS:
-        jobs[f"finetune_{task}"] = (lambda task=task: plot_training_curves(
-            {variant: runs / "finetune" / run_name(task, variant) for variant in VARIANTS},
-            pictures / f"finetune_{task}.png", title=f"{task} fine-tuning: the three variants"))
+    for task, variants in finetune_runs.items():
+        jobs[f"finetune_{task}"] = (lambda task=task, variants=variants: plot_training_curves(
+            variants, pictures / f"finetune_{task}.png", title=f"{task} fine-tuning: the three variants"))
     drawn = {}
     for name, job in jobs.items():
         try:

@@ -104,7 +104,7 @@ def _known(section: dict[str, Any], keys: set[str], where: str, source: str) -> 
 
 
 def parse_pipeline_config(values: dict[str, Any], source: str = "<config>") -> PipelineConfig:
-    from pipeline.finetune import FinetuneOptions
+    from pipeline.stages.finetune import FinetuneOptions
 
     values = _mapping(values, "the file", source)
     _known(values, TOP_KEYS, "the top level", source)

@@ -12,17 +12,15 @@ busy worker while the other sat idle (list long runs first; the demo does). Stag
 out themselves (the extraction's shard tasks, pretraining's DDP ranks over every worker)
 submit their tasks to the same cluster from inside the stage (`worker_client`).
 
-Re-running: each stage directory holds `pipeline-stage.json`, a fingerprint of the settings
-it was made with (its config section and its inputs). A stage whose outputs are complete
-and whose fingerprint matches is skipped; one that started but did not finish resumes; one
-whose settings changed is an error naming its directory (delete it or choose another `out`),
-never a silent mix of old and new outputs.
+Every node calls its stage (pipeline/stages/) with a `DaskExecutor` on the graph's own
+client, after the one rule of pipeline/stages/record.py: each stage directory holds
+`pipeline-stage.json`, a fingerprint of the settings it was made with; a complete stage
+with the same settings is skipped, an unfinished one resumes, a changed one is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -30,49 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.stages.record import claim
 from workflows.pipeline_config import TRAIN_SECTION, PipelineConfig
 
 log = logging.getLogger(__name__)
 
-STAGE_RECORD = "pipeline-stage.json"
 _FORWARDED_LOGGERS = ("pipeline", "workflows")
-
-
-# ---- fingerprints: skip, resume, or refuse -------------------------------------------------
-
-def _fingerprint(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _claim(directory: Path, settings: dict[str, Any], complete: bool) -> bool:
-    """True when the stage must run (fresh or resumed); False when its outputs are complete
-    and were made with these settings."""
-    record = directory / STAGE_RECORD
-    fingerprint = _fingerprint(settings)
-    if record.is_file():
-        made = json.loads(record.read_text(encoding="utf-8"))
-        if made.get("fingerprint") != fingerprint:
-            changed = sorted(_changed_keys(made.get("settings") or {}, json.loads(json.dumps(settings, default=str))))
-            raise PipelineError(f"this stage's outputs were made with other settings (changed: "
-                                f"{', '.join(changed) or 'unknown'}); delete the directory or choose another "
-                                f"`out:`", directory)
-        if complete:
-            return False
-    elif complete:
-        raise PipelineError("holds outputs this pipeline did not make (no pipeline-stage.json); delete the "
-                            "directory or choose another `out:`", directory)
-    from pipeline.atomic import write_json
-
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(record, {"fingerprint": fingerprint, "settings": settings})
-    return True
-
-
-def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(set(old) | set(new))
-                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 @contextlib.contextmanager
@@ -86,44 +47,50 @@ def _stage(name: str):
     log.info("%s: done in %.0f s", name, time.perf_counter() - t0)
 
 
-def _worker_client():
-    """A client for the stage's own tasks: the cluster's when running as a graph task, else
-    None (the stage then starts a local cluster, as its command does)."""
+@contextlib.contextmanager
+def _executor(cfg: PipelineConfig):
+    """An executor for the stage's own tasks (shards, DDP ranks) on the graph's cluster when
+    the node runs as a graph task; else a local cluster, as the stage's command starts."""
+    from workflows.executors import DaskExecutor
+
     try:
         from distributed import get_worker, worker_client
 
         get_worker()
     except (ImportError, ValueError):
-        return contextlib.nullcontext(None)
-    return worker_client()
+        with DaskExecutor(device=cfg.device) as executor:
+            yield executor
+        return
+    with worker_client() as client, DaskExecutor(device=cfg.device, client=client) as executor:
+        yield executor
 
 
 # ---- the stages ----------------------------------------------------------------------------
 
-def detector_stage(cfg: PipelineConfig) -> str:
-    from workflows.commands.train_detector import train_detector
+def detector_node(cfg: PipelineConfig) -> str:
+    from pipeline.stages.train_detector import train_detector
+    from pipeline.training import RunDir
 
     section = dict(cfg.detector or {})
     train = dict(section.pop(TRAIN_SECTION, None) or {})
     directory = cfg.detector_dir
     final = directory / "final"
     settings = {"data": str(Path(cfg.data).resolve()), "detector": cfg.detector}
-    if not _claim(directory, settings, (final / "model.safetensors").is_file()):
+    if not claim(directory, settings, (final / "model.safetensors").is_file()):
         log.info("detector: complete, skipped (%s)", final)
         return str(final)
-    from pipeline.training import RunDir
-
-    with _stage("detector"), _worker_client() as client:
-        results = train_detector(cfg.data, directory, resume=RunDir(directory).has_run(), client=client,
-                                 device=cfg.device, progress=False, **section, **train)
+    with _stage("detector"), _executor(cfg) as executor:
+        results = train_detector(cfg.data, directory, executor, layers=({"device": cfg.device, "progress": False},
+                                                                        train),
+                                 resume=RunDir(directory).has_run(), **section)
     if results.get("final") is None:
         raise PipelineError("detector training ended without a final model", directory)
     return str(results["final"])
 
 
-def extract_stage(cfg: PipelineConfig, detector_final: str | None) -> str:
+def extract_node(cfg: PipelineConfig, detector_final: str | None) -> str:
     from pipeline.extract import resolve_spec
-    from workflows.extract import run_extract
+    from pipeline.stages.extract import extract
 
     section = dict(cfg.extract)
     if section.get("features"):
@@ -141,41 +108,39 @@ def extract_stage(cfg: PipelineConfig, detector_final: str | None) -> str:
     directory = cfg.features_dir
     settings = {"images": str(Path(images).resolve()), "detector": spec.config, "weights_sha256": spec.weights_sha256,
                 "extract": cfg.extract}
-    _claim(directory, settings, complete=False)   # extraction resumes shard by shard by itself
-    with _stage("extract"), _worker_client() as client:
-        summary = run_extract(images, str(directory), spec, shard_size=section.pop("shard_size", 1000),
-                              batch_size=section.pop("batch_size", 1), feature_dtype=section.pop("dtype", "float16"),
-                              decode_threads=section.pop("decode_threads", 2), retries=section.pop("retries", 2),
-                              progress=False, client=client)
+    claim(directory, settings, complete=False)   # extraction resumes shard by shard by itself
+    with _stage("extract"), _executor(cfg) as executor:
+        summary = extract(images, str(directory), spec, executor, shard_size=section.pop("shard_size", 1000),
+                          batch_size=section.pop("batch_size", 1), feature_dtype=section.pop("dtype", "float16"),
+                          decode_threads=section.pop("decode_threads", 2), retries=section.pop("retries", 2),
+                          progress=False)
     for line in summary.lines():
         log.info("%s", line)
     return str(directory)
 
 
-def pretrain_stage(cfg: PipelineConfig, store: str) -> str:
-    from workflows.stages import pretrain_stage as run_pretrain
+def pretrain_node(cfg: PipelineConfig, store: str) -> str:
+    from pipeline.stages.pretrain import pretrain
+    from pipeline.training import RunDir
 
     section = dict(cfg.pretrain or {})
     directory = cfg.pretrain_dir
     settings = {"features": str(Path(store).resolve()), "data": str(Path(cfg.data).resolve()),
                 "pretrain": cfg.pretrain}
-    from pipeline.training import RunDir
-
-    if not _claim(directory, settings, (directory / "final" / "config.json").is_file()):
+    if not claim(directory, settings, (directory / "final" / "config.json").is_file()):
         log.info("pretrain: complete, skipped (%s)", directory / "final")
         return str(directory)
-    with _stage("pretrain"), _worker_client() as client:
-        run_pretrain(store, cfg.data, directory, preset=section.get("preset", "base"),
-                     options=section.get("task") or {}, vocab=section.get("vocab"), answers=section.get("answers"),
-                     train_layers=({"device": cfg.device, "progress": False}, section.get(TRAIN_SECTION) or {}),
-                     resume=RunDir(directory).has_run(), client=client)
+    with _stage("pretrain"), _executor(cfg) as executor:
+        pretrain(store, cfg.data, directory, executor, preset=section.get("preset", "base"),
+                 options=section.get("task") or {}, vocab=section.get("vocab"), answers=section.get("answers"),
+                 layers=({"device": cfg.device, "progress": False}, section.get(TRAIN_SECTION) or {}),
+                 resume=RunDir(directory).has_run())
     return str(directory)
 
 
-def finetune_stage(cfg: PipelineConfig, name: str, store: str, pretrain_run: str | None) -> str:
-    from pipeline.finetune import FinetuneOptions
+def finetune_node(cfg: PipelineConfig, name: str, store: str, pretrain_run: str | None) -> str:
+    from pipeline.stages.finetune import FinetuneOptions, finetune
     from pipeline.training import RunDir
-    from workflows.stages import finetune_stage as run_finetune
 
     section = dict(cfg.finetune[name])
     train = section.pop(TRAIN_SECTION, None) or {}
@@ -187,22 +152,23 @@ def finetune_stage(cfg: PipelineConfig, name: str, store: str, pretrain_run: str
     options = FinetuneOptions.from_dict({**section, "init": init, "features": store, "data": cfg.data})
     directory = cfg.finetune_dir(name)
     settings = {"options": {k: str(v) for k, v in vars(options).items()}, "section": cfg.finetune[name]}
-    if not _claim(directory, settings, (directory / "final" / "config.json").is_file()):
+    if not claim(directory, settings, (directory / "final" / "config.json").is_file()):
         log.info("finetune %s: complete, skipped (%s)", name, directory / "final")
         return str(directory)
     with _stage(f"finetune {name}"):
-        # in this worker's process: the fine-tunings of the graph run side by side, one per worker
-        result = run_finetune(options, directory, train_layers=({"device": cfg.device, "progress": False}, train),
-                              resume=RunDir(directory).has_run(), in_process=True)
+        # in this worker's process (the default executor): the graph runs its fine-tunings
+        # side by side, one per worker
+        result = finetune(options, directory, layers=({"device": cfg.device, "progress": False}, train),
+                          resume=RunDir(directory).has_run())
     best = result.get("best")
     if best is not None:
         log.info("finetune %s: best validation %s %.2f at step %d", name, best["metric"], best["value"], best["step"])
     return str(directory)
 
 
-def evaluate_stage(cfg: PipelineConfig, name: str, split: str, run: str) -> dict[str, Any]:
+def evaluate_node(cfg: PipelineConfig, name: str, split: str, run: str) -> dict[str, Any]:
     from pipeline.evaluation.evaluate import results_record
-    from pipeline.evaluation.run_predictions import evaluate_run
+    from pipeline.stages.evaluate import evaluate
 
     task = cfg.finetune[name]["task"]
     out = cfg.evaluation_dir(name, split)
@@ -211,10 +177,10 @@ def evaluate_stage(cfg: PipelineConfig, name: str, split: str, run: str) -> dict
     model = model if model.is_dir() else Path(run) / "final"
     settings = {"run": str(Path(run).resolve()), "split": split,
                 "model_time": (model / "model.safetensors").stat().st_mtime_ns}
-    if not _claim(out, settings, results.is_file()):
+    if not claim(out, settings, results.is_file()):
         return json.loads(results.read_text(encoding="utf-8"))
     with _stage(f"evaluate {name} {split}"):
-        evaluation, _, submission = evaluate_run(run, cfg.data, split, task, out=out)
+        evaluation, _, submission = evaluate(task, cfg.data, split, run=run, out=out)
     return results_record(evaluation, submission)
 
 
@@ -230,21 +196,21 @@ def submit_stages(client, cfg: PipelineConfig) -> dict[str, Any]:
     futures: dict[str, Any] = {}
     detector = None
     if cfg.detector is not None:
-        detector = futures["detector"] = _submit(client, "detector", detector_stage, cfg)
-    futures["extract"] = _submit(client, "extract", extract_stage, cfg, detector)
+        detector = futures["detector"] = _submit(client, "detector", detector_node, cfg)
+    futures["extract"] = _submit(client, "extract", extract_node, cfg, detector)
     if cfg.pretrain is not None:
-        futures["pretrain"] = _submit(client, "pretrain", pretrain_stage, cfg, futures["extract"])
+        futures["pretrain"] = _submit(client, "pretrain", pretrain_node, cfg, futures["extract"])
     return futures
 
 
 def submit_finetune(client, cfg: PipelineConfig, name: str, upstream: dict[str, Any]) -> dict[str, Any]:
     """Submit fine-tuning `name` and its evaluations after `upstream`'s extract (and pretrain)
     futures; returns {stage name: future}."""
-    run = _submit(client, f"finetune-{name}", finetune_stage, cfg, name, upstream["extract"],
+    run = _submit(client, f"finetune-{name}", finetune_node, cfg, name, upstream["extract"],
                   upstream.get("pretrain"))
     futures = {f"finetune {name}": run}
     for split in cfg.splits(name):
-        futures[f"evaluate {name} {split}"] = _submit(client, f"evaluate-{name}-{split}", evaluate_stage, cfg, name,
+        futures[f"evaluate {name} {split}"] = _submit(client, f"evaluate-{name}-{split}", evaluate_node, cfg, name,
                                                       split, run)
     return futures
 

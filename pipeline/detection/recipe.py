@@ -3,8 +3,8 @@
 `make_task` resolves the detector config (a preset, optionally overridden by a YAML file of
 DetectorConfig sections), sets its label space from the data root's vocabularies, and
 checks `init` weights against it, so every user mistake stops here with one line naming
-the file, before any cluster starts. `train_config` fills the training schedule from the
-preset's recipe (SCHEDULES) with the caller's overrides.
+the file, before any cluster starts. `schedule` is the preset's training schedule, the first
+layer of the run's loop settings (`TrainConfig.from_layers`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def resolve_detector_config(preset: str, config_path: str | os.PathLike | None =
 
 def make_task(data: str | os.PathLike, preset: str = "synth", *, config_path: str | os.PathLike | None = None,
               init: str | os.PathLike | None = None, val_fraction: float = 0.1) -> DetectorTrainTask:
-    from detector.checkpoint import CheckpointError, check_weights
+    from detector.checkpoint import CheckpointError, check_weights, weights_file
 
     paths = vg_paths(data)
     objects = LabelSpace.from_vocab(paths["objects_vocab"])          # refuses empty / ambiguous vocabularies
@@ -82,37 +82,38 @@ def make_task(data: str | os.PathLike, preset: str = "synth", *, config_path: st
         init_path = Path(init)
         if not init_path.exists():
             raise PipelineError("--init weights not found", init_path)
-        target = init_path / "model.safetensors" if init_path.is_dir() else init_path
-        if not target.is_file():
-            raise PipelineError("no model.safetensors in the --init folder", init_path)
         try:
+            target = weights_file(init_path)
             check_weights(cfg, target)
         except CheckpointError as err:
-            if "box_predictor" in str(err):
+            if "box_predictor" in err.message:
                 raise PipelineError(
                     f"does not fit this data's label space ({len(objects)} objects in {paths['objects_vocab']}, "
                     f"{len(attributes)} attributes in {paths['attributes_vocab']}) or the {cfg.name} detector: "
-                    f"{str(err).split(': ', 1)[-1]}", target) from None
+                    f"{err.message.split(': ', 1)[-1]}", err.path) from None
             raise PipelineError(str(err)) from None
     return DetectorTrainTask(data=str(Path(data).resolve()), detector=cfg.to_dict(),
                              init=None if init_path is None else str(init_path.resolve()), val_fraction=val_fraction)
 
 
-def train_config(preset: str, num_train_images: int | None = None, **overrides: Any) -> TrainConfig:
-    """The preset's schedule with `overrides` (None values ignored); `steps` replaces `epochs`.
-    With `num_train_images`, the schedule's `validations` become a `val_every`."""
+def schedule(preset: str) -> dict[str, Any]:
+    """The preset's loop settings (the first layer of `TrainConfig.from_layers`)."""
     values = dict(SCHEDULES.get(preset, SCHEDULES["small"]))
-    validations = values.pop("validations", None)
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if "steps" in given:
-        values.pop("epochs", None)
-    elif "epochs" in given:
-        values.pop("steps", None)
-    values.update(given)
-    try:
-        config = TrainConfig.from_dict(values)
-    except (ValueError, TypeError) as err:
-        raise PipelineError(f"bad training options: {err}") from None
+    values.pop("validations", None)
+    return values
+
+
+def with_validation_steps(config: TrainConfig, preset: str, num_train_images: int | None) -> TrainConfig:
+    """The schedule's `validations` (how many box-mAP measurements a run makes) as a
+    `val_every`, unless one was given."""
+    validations = SCHEDULES.get(preset, SCHEDULES["small"]).get("validations")
     if validations and config.val_every is None and num_train_images:
         config = config.replace(val_every=max(1, math.ceil(config.total_steps(num_train_images) / validations)))
     return config
+
+
+def train_config(preset: str, num_train_images: int | None = None, **overrides: Any) -> TrainConfig:
+    """The preset's schedule with `overrides` (None values ignored); `steps` replaces `epochs`.
+    With `num_train_images`, the schedule's `validations` become a `val_every`."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return with_validation_steps(TrainConfig.from_layers(schedule(preset), given), preset, num_train_images)

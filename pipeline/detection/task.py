@@ -63,10 +63,8 @@ class DetectorTrainTask:
 
         model = GeneralizedRCNN(self.detector_config())
         if self.init:
-            target = Path(self.init)
-            target = target / "model.safetensors" if target.is_dir() else target
             try:
-                load_weights(model, target)
+                load_weights(model, self.init)
             except CheckpointError as err:
                 raise PipelineError(str(err)) from None
         return model

@@ -1,7 +1,7 @@
 """Official evaluation of VQA v2, GQA and NLVR2: metrics as pure functions on predictions
 and the official files' contents, the submission formats, and the `evaluate` stage.
 
-Metric definitions and the official scripts' quirks: ../shared/reference/evaluation.md.
+Metric definitions and the official scripts' quirks: docs/reference/evaluation.md.
 """
 
 from pipeline.evaluation.evaluate import Evaluation, evaluate_predictions, read_predictions, write_evaluation

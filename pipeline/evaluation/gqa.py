@@ -1,4 +1,4 @@
-"""The official GQA metrics (`eval.py` "ver 1.1", reference evaluation.md §3), as a pure function.
+"""The official GQA metrics (`eval.py` "ver 1.1", docs/reference/evaluation.md §3), as a pure function.
 
 Every metric is over the *balanced* questions B (`isBalanced` true) of the questions file,
 with exact, case-sensitive string equality and no answer normalisation:

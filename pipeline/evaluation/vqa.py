@@ -1,6 +1,6 @@
 """The official VQA v2 accuracy (GT-Vision-Lab/VQA `vqaEval.py`), as a pure function.
 
-Two behaviours of the official script exist (reference evaluation.md §2.5-§2.6):
+Two behaviours of the official script exist (docs/reference/evaluation.md §2.5-§2.6):
 
 * "2021" (current HEAD a013f00, the default): ground-truth answers and the prediction
   are cleaned of newlines/tabs; only when the cleaned ground truth is *not* unanimous are

@@ -1,7 +1,7 @@
 """VQA v2 answer normalisation, exactly as GT-Vision-Lab/VQA `vqaEval.py` does it.
 
 The constants and the two functions reproduce the official script character for
-character, quirks included (see ../shared/reference/evaluation.md §2.2-§2.4):
+character, quirks included (see docs/reference/evaluation.md §2.2-§2.4):
 
 * `_PERIOD_STRIP` keeps the official malformed look-*ahead* `(?!<=\\d)`, which always
   succeeds, so every "." not followed by a digit is removed;

@@ -1,7 +1,7 @@
-"""The feature store: Parquet shards of detector outputs, one row per image (DESIGN.md)."""
+"""The feature store: Parquet shards of detector outputs, one row per image (docs/store.md)."""
 
 from pipeline.features.manifest import (FAILURES, MANIFEST, append_failures, finalize_store, load_manifest,
-                                        read_failures, shard_paths, verify_store)
+                                        read_failures, shard_image_ids, shard_paths, verify_store)
 from pipeline.features.schema import FORMAT_VERSION, ImageFeatures, StoreMetadata
 from pipeline.features.shard import ShardInfo, read_shard_metadata, shard_name, write_shard
 from pipeline.features.store import FeatureStore
@@ -9,5 +9,5 @@ from pipeline.features.store import FeatureStore
 __all__ = [
     "FAILURES", "FORMAT_VERSION", "MANIFEST", "FeatureStore", "ImageFeatures", "ShardInfo", "StoreMetadata",
     "append_failures", "finalize_store", "load_manifest", "read_failures", "read_shard_metadata", "shard_name",
-    "shard_paths", "verify_store", "write_shard",
+    "shard_image_ids", "shard_paths", "verify_store", "write_shard",
 ]

@@ -56,7 +56,9 @@ def finalize_store(directory: str | os.PathLike, metadata: StoreMetadata,
     """Validate every shard in `directory` and publish manifest.json (atomically).
 
     `shards` may carry checksums the writers already computed; others are hashed here.
-    A duplicate image_id across shards is an error naming both shards.
+    A duplicate image_id across shards is an error naming both shards. Returns the manifest
+    as written plus `image_ids`, the set of every stored id (read here anyway, so callers
+    need not read the shards again).
     """
     directory = Path(directory)
     remove_stale_temporaries(directory)
@@ -66,8 +68,7 @@ def finalize_store(directory: str | os.PathLike, metadata: StoreMetadata,
     for path in shard_paths(directory):
         meta, rows = read_shard_metadata(path)
         _check_metadata(path, meta, metadata)
-        ids = pq.read_table(path, columns=["image_id"], memory_map=True).column(0).to_pylist()
-        for image_id in ids:
+        for image_id in shard_image_ids(path):
             if image_id in seen:
                 raise PipelineError(f"image_id {image_id!r} appears in both {seen[image_id]} and {path.name}", directory)
             seen[image_id] = path.name
@@ -84,7 +85,12 @@ def finalize_store(directory: str | os.PathLike, metadata: StoreMetadata,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(directory / MANIFEST, manifest)
-    return manifest
+    return {**manifest, "image_ids": set(seen)}
+
+
+def shard_image_ids(path: str | os.PathLike) -> list[str]:
+    """The image ids of one shard, in row order (one column read, memory-mapped)."""
+    return pq.read_table(path, columns=["image_id"], memory_map=True).column(0).to_pylist()
 
 
 def append_failures(directory: str | os.PathLike, records: Iterable[dict]) -> None:

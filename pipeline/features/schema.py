@@ -1,6 +1,6 @@
 """What one feature-store row holds, and the Arrow layout it is stored in.
 
-Layout decisions (measured in ../shared/reference/ecosystem.md §1 and bench/bench_features.py):
+Layout decisions (measured in docs/reference/ecosystem.md §1 and bench/bench_features.py):
 - `features` is a `binary` blob per image holding the C-contiguous little-endian
   (num_boxes, D) array. A binary column decodes ~7x faster than `fixed_size_list` or the
   FixedShapeTensor type (both are Parquet LIST columns whose repetition/definition levels are

@@ -1,4 +1,4 @@
-"""Bottom-up-attention TSV interop (../shared/reference/lxmert.md §1.7).
+"""Bottom-up-attention TSV interop (docs/reference/lxmert.md §1.7).
 
 One image per line, tab-separated, no header:
 `img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf, num_boxes, boxes, features`,

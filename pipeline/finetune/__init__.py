@@ -5,11 +5,11 @@
 - `init.py`: where the weights start (scratch, a pretraining run, a transformers directory,
   an original checkpoint), answer rows carried over by answer string.
 - `tasks.py`: VQA/GQA/NLVR2 as `TrainTask`s of the one training loop, with their recipes.
-- `stage.py`: `prepare_finetune` (checks, vocabulary, tokenizer) and `finetune` (in-process).
 - `predict.py`: a run's answers for a split (`evaluate --run`).
+
+The stage that prepares a run and trains it is `pipeline/stages/finetune.py`.
 """
 
-from pipeline.finetune.stage import FinetuneOptions, finetune, prepare_finetune
 from pipeline.finetune.tasks import TASKS
 
-__all__ = ["TASKS", "FinetuneOptions", "finetune", "prepare_finetune"]
+__all__ = ["TASKS"]

@@ -21,13 +21,23 @@ from pipeline.features.memory import MemoryStore
 from pipeline.features.schema import ImageFeatures, StoreMetadata
 from pipeline.finetune.predict import FinetunedRun
 from pipeline.finetune.splits import PairExample, QuestionExample
-from pipeline.pictures.attention import AttentionMap, cross_attention_map
+from pipeline.pictures.attention import AttentionMap, cross_attention_maps
 
 
 @dataclass
 class Reply:
     answers: list[tuple[str, float]]      # best first: (answer, probability)
     attention: AttentionMap | None        # words over the first image's regions; None for language-only runs
+    layers: list[AttentionMap] | None = None   # the same for every cross layer (attention is the last)
+
+
+def region_names(regions: ImageFeatures, metadata: StoreMetadata) -> list[str]:
+    """'attribute object' for each region, in the detector's vocabulary."""
+    from detector.config import DetectorConfig
+
+    cfg = DetectorConfig.from_dict(metadata.detector_config)
+    objects, attributes = cfg.object_names(), cfg.attribute_names()
+    return [f"{attributes[a]} {objects[o]}" for o, a in zip(regions.objects_id, regions.attrs_id)]
 
 
 @torch.no_grad()
@@ -51,10 +61,11 @@ def ask(run: FinetunedRun, sentence: str, images: Sequence[ImageFeatures], metad
     probs = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, -1)
     names = ["False", "True"] if pair else task.answers
     order = probs.argsort(descending=True)[:top].tolist()
-    attention = None
+    layers = None
     if not task.language_only:
         first = {k: batch[k][:, 0] if pair else batch[k]
                  for k in ("visual_feats", "visual_pos", "visual_attention_mask") if k in batch}
         first.setdefault("visual_attention_mask", None)
-        attention = cross_attention_map(run.model, run.tokenizer, sentence, first)
-    return Reply(answers=[(names[i], float(probs[i])) for i in order], attention=attention)
+        layers = cross_attention_maps(run.model, run.tokenizer, sentence, first)
+    return Reply(answers=[(names[i], float(probs[i])) for i in order], attention=layers[-1] if layers else None,
+                 layers=layers)

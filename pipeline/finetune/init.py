@@ -3,7 +3,7 @@ transformers-format directory, or an original airsplay/lxmert checkpoint.
 
 `--init` is resolved once (`resolve_init`) into a small picklable `ModelInit`; every rank
 builds its model from it (`ModelInit.build`). VQA/GQA heads get the rows of the source's
-answer head by answer string, as LXMERT's `load_lxmert_qa` (reference lxmert.md §1.4;
+answer head by answer string, as LXMERT's `load_lxmert_qa` (docs/reference/lxmert.md §1.4;
 unmatched rows start at 0); NLVR2 takes the backbone only (`--loadLXMERT` drops the answer
 head), its pair head starts fresh.
 """

@@ -1,19 +1,15 @@
 """Default loop settings of a fine-tuning run (the --config file and flags win).
 
 - Networks of the paper's width (hidden 768, `base` or any hub/original checkpoint): the
-  reference recipes, airsplay/lxmert `run/{vqa,gqa,nlvr2}_finetune.bash` (reference
-  lxmert.md §1.8): 4 epochs, batch 32, BertAdam, lr 5e-5 (GQA 1e-5), warm-up 0.1, linear
+  reference recipes, airsplay/lxmert `run/{vqa,gqa,nlvr2}_finetune.bash`
+  (docs/reference/lxmert.md §1.8): 4 epochs, batch 32, BertAdam, lr 5e-5 (GQA 1e-5), warm-up 0.1, linear
   decay, gradient clip 5.0; the best validation accuracy is kept (BEST.pth).
 - Narrow networks (`tiny`, `small`, demo-size models on synthetic worlds, on a CPU): the
-  reference lr moves a 32-wide model too little to learn anything in a few epochs. Measured
-  on a 2000-image synthetic world (see the fine-tuning report in the commit log): AdamW
+  reference lr moves a narrow model too little to learn anything in a few epochs. AdamW
   (bias correction matters in runs of a few hundred steps) at lr 1e-3 with a short warm-up,
   bf16 autocast where it is measured faster on this CPU (as pretraining's recipe). NLVR2 at
-  3e-4: at 1e-3 its head settles on the majority label within the first epoch and the loss
-  stays at ln 2 for every model (pretrained, from scratch, language only; the demo's world,
-  4 epochs); at 3e-4 the demo's pretrained model reached 57-58% on 960 held-out statements
-  (1e-4: 56-57%), from scratch 49-51%. VQA did not care (46.4 / 41.8 at 1e-3, 45.7 / 42.3 at
-  3e-4, pretrained / from scratch).
+  3e-4: at 1e-3 its head settles on the majority label within the first epoch, for every
+  model; VQA and GQA learn as well at either (research/2026-11-27-nlvr2-truncated-statements.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The tokenizer of a run: given by the user, inherited from the checkpoint a run starts
 from, or learnt on the run's own corpus, and always saved with the run.
 
-WordPiece training is not deterministic (reference ecosystem.md §4), so a vocabulary is
+WordPiece training is not deterministic (docs/reference/ecosystem.md §4), so a vocabulary is
 learnt once and the saved files are what every later stage (resume, fine-tuning from this
 run, evaluation, predict) loads: `RUN/tokenizer/` and a copy in every checkpoint directory,
 which makes `RUN/final/` a self-contained transformers-style directory.
@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 from model.errors import CheckpointError
 from model.tokenizer import MAX_SEQ_LENGTH, TOKENIZER_NAME, VOCAB_NAME, LxmertTokenizer, load_tokenizer, train_wordpiece
+from pipeline.atomic import publish_directory
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def run_tokenizer(run_path: str | os.PathLike, *, vocab: str | os.PathLike | Non
                  len(texts))
     else:
         raise PipelineError("no tokenizer: pass a vocabulary (--vocab) or a corpus to learn one from", run_path)
-    tokenizer.save(target)
+    with publish_directory(target) as tmp:
+        tokenizer.save(tmp)
     tokenizer.source = str(target / VOCAB_NAME)
     return tokenizer

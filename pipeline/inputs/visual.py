@@ -1,7 +1,7 @@
 """A batch of images from a `FeatureStore` as the arrays LXMERT takes.
 
 Boxes are divided by the image width/height (x1/w, y1/h, x2/w, y2/h), as every LXMERT
-dataset class does (reference lxmert.md §1.7); features are fed raw, as float32. Stores made
+dataset class does (docs/reference/lxmert.md §1.7); features are fed raw, as float32. Stores made
 with adaptive box counts (10-100) hold a different number of boxes per image: the batch is
 padded to its largest count (or to `num_boxes`) and `mask` marks the real boxes. Reference
 stores have 36 boxes everywhere and then nothing is padded.

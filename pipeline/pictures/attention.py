@@ -30,10 +30,15 @@ class AttentionMap:
         return self.weights[words].sum(0)
 
 
-@torch.no_grad()
 def cross_attention_map(model, tokenizer, sentence: str, visual_inputs: dict, layer: int = -1) -> AttentionMap:
     """`model`: any LXMERT model with an `.lxmert` backbone; `visual_inputs`: one image as
     `VisualBatch.model_inputs()` (batch of 1)."""
+    return cross_attention_maps(model, tokenizer, sentence, visual_inputs)[layer]
+
+
+@torch.no_grad()
+def cross_attention_maps(model, tokenizer, sentence: str, visual_inputs: dict) -> list[AttentionMap]:
+    """The map of every cross layer, first to last, from one forward pass."""
     encoded = tokenizer.encode_batch([sentence])
     length = int(encoded.attention_mask[0].sum())
     text = {k: v.to(model.device) for k, v in encoded.to_torch().items()}
@@ -43,14 +48,12 @@ def cross_attention_map(model, tokenizer, sentence: str, visual_inputs: dict, la
     out = model.lxmert(text["input_ids"], visual["visual_feats"], visual["visual_pos"], text["attention_mask"],
                        visual["visual_attention_mask"], text["token_type_ids"], output_attentions=True)
     model.train(was_training)
-    layers = out.cross_encoder_attentions
-    index = layer % len(layers)
-    weights = layers[index][0].float().mean(0)[:length].cpu().numpy()
     n = visual["visual_feats"].shape[1]
     if visual["visual_attention_mask"] is not None:
         n = int(visual["visual_attention_mask"][0].sum())
     tokens = tokenizer.convert_ids_to_tokens(encoded.input_ids[0, :length])
-    return AttentionMap(tokens=tokens, weights=weights[:, :n], layer=index)
+    return [AttentionMap(tokens=tokens, weights=layer[0].float().mean(0)[:length, :n].cpu().numpy(), layer=index)
+            for index, layer in enumerate(out.cross_encoder_attentions)]
 
 
 def draw_attention(image: np.ndarray, boxes: np.ndarray, amap: AttentionMap, out: str | os.PathLike, *,

@@ -5,12 +5,12 @@
 - `data.py`: `PretrainingData`, the loop's `BatchSource` (examples + feature store -> batch).
 - `task.py`: `PretrainTask`, the `TrainTask` of the one training loop.
 - `options.py`, `recipe.py`: the task's options (reference quirks) and default training settings.
-- `stage.py`: `prepare_pretraining` and `pretrain`, the stage in one process.
+
+The stage that prepares a run and trains it is `pipeline/stages/pretrain.py`.
 """
 
 from pipeline.pretraining.options import TASKS, PretrainOptions
 from pipeline.pretraining.recipe import recipe
-from pipeline.pretraining.stage import prepare_pretraining, pretrain, resumed_task
 from pipeline.pretraining.task import PretrainTask
 
-__all__ = ["TASKS", "PretrainOptions", "PretrainTask", "prepare_pretraining", "pretrain", "recipe", "resumed_task"]
+__all__ = ["TASKS", "PretrainOptions", "PretrainTask", "recipe"]

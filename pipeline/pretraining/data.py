@@ -1,6 +1,6 @@
 """`PretrainingData`: the `BatchSource` of pretraining (examples of the run + regions of the store).
 
-`make_batch(indices, rng, epoch)` applies the rules of reference/lxmert.md §1.6 to a whole
+`make_batch(indices, rng, epoch)` applies the rules of docs/reference/lxmert.md §1.6 to a whole
 batch, drawing every random number from `rng` (the loop seeds it per batch, so a batch is the
 same in any process, worker or resumed run), in this order:
 

@@ -34,7 +34,7 @@ from pipeline.readers.records import PretrainEntry
 
 log = logging.getLogger(__name__)
 
-# LXMERT's own preprocessed files (reference/lxmert.md §1.5), used when a data root has them
+# LXMERT's own preprocessed files (docs/reference/lxmert.md §1.5), used when a data root has them
 LXMERT_SPLITS = {"train": ("mscoco_train", "mscoco_nominival", "vgnococo"), "valid": ("mscoco_minival",)}
 _ARRAYS = ("image_index", "input_ids", "source", "label_start", "label_answer", "label_score")
 SUMMARY = "summary.json"

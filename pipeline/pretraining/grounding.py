@@ -4,7 +4,7 @@ Why (a departure from the reference recipe, off by default): trained from scratc
 on a symmetric saddle for every task where only the relation between words and regions
 predicts the target (cross-modality matching above all: its loss stays at ln 2), while a
 single-stream transformer of the same size leaves it in a few hundred steps
-(bench/probe_grounding.py). A first-order hint gets LXMERT off it: sentences whose target the
+(research/probe_grounding.py). A first-order hint gets LXMERT off it: sentences whose target the
 sentence alone already weakly predicts. Once the model routes the named word to [CLS], the
 gradient of the word-region interaction is no longer zero, and the grounding carries over to
 the reference's tasks (as object tags anchor the alignment in Oscar, Li et al. 2020).
@@ -12,17 +12,17 @@ the reference's tasks (as object tags anchor the alignment in Oscar, Li et al. 2
 In the warm-up every row's sentence names one label, drawn afresh per batch from the row's own
 image (`sample_presence`): half the rows ask "is there a LABEL?" (QA head, yes / no), half state
 "there is a LABEL ." (matching head, true / false). Both heads need it: with questions alone
-the QA head learns presence (0.89 held-out vs 0.54 with another image, 600 steps) but matching
-afterwards stays at ln 2; with statements too, matching falls (validation loss 0.566 after 2400
-steps, README). Only the feature store's labels and the detector's label names are needed, so
-it works on real data as on the synthetic world:
+the QA head learns presence but matching afterwards stays at ln 2; with statements too,
+matching falls (docs/pretraining.md; the measurements:
+research/2026-11-27-pretraining-words-and-grounding.md). Only the feature store's labels and
+the detector's label names are needed, so it works on real data as on the synthetic world:
 
 - true (p = 0.5): a label detected with confidence >= `min_conf`; false: a label detected on no
   box of the image at any confidence;
 - the hint: true labels are drawn with weight w(k), false ones with 1 / w(k), where w falls
   geometrically from 1 to 1/8 over the label ids. So P(true | label) falls with the label id
-  whatever the store's own label frequencies (0.90 to 0.18 on the synthetic world's
-  ground-truth store, where every label is equally common), and the image decides the rest.
+  whatever the store's own label frequencies (even where every label is equally common, as on
+  the synthetic world's ground-truth store), and the image decides the rest.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pretraining masking rules of reference/lxmert.md §1.6, vectorised over a batch.
+"""The pretraining masking rules of docs/reference/lxmert.md §1.6, vectorised over a batch.
 
 All randomness comes from the numpy Generator the training loop passes per batch, so masks
 are deterministic for (seed, epoch, batch) and identical in any DataLoader worker.

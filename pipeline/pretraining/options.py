@@ -1,6 +1,6 @@
 """`PretrainOptions`: the pretraining task's own settings (the loop's are `TrainConfig`).
 
-Defaults are the reference behaviour (reference/lxmert.md §1.5-1.6, quirks §1.10); each quirk
+Defaults are the reference behaviour (docs/reference/lxmert.md §1.5-1.6, quirks §1.10); each quirk
 has a documented alternative:
 
 - `visual_label_loss_scope`: "all" = obj/attr CE on every object weighted by the detector's
@@ -14,17 +14,18 @@ has a documented alternative:
   own image's detections: "is there a LABEL?" for the QA head or "there is a LABEL ." for the
   matching head, true when the store has the label with confidence >= `grounding_min_conf`;
   the other tasks run as usual. 0 (the reference) = none. A departure from the reference that
-  gets a from-scratch model off the grounding saddle (pretraining/grounding.py).
+  gets a from-scratch model off the grounding saddle (pipeline/pretraining/grounding.py).
 - `grounding_rate`: after the warm-up, the share of each batch's rows that still get such a
   sentence (0, the reference, = none): without it the reference tasks unlearn the grounding.
 - `sentence_words_weight`: weight of an extra loss, "words": the MLM head at the [CLS]
   position predicts the sentence's bag of words (every token but [CLS]/[SEP]/[PAD], masked
   ones as they were before masking). 0 (the reference) = off. A departure from the reference
-  that gets a from-scratch model off the saddle on which matching and presence questions sit
-  (bench/probe_grounding.py: presence 0.50 -> 1.00, matching 0.61 -> 1.00 in 600 steps).
+  that gets a from-scratch model off the saddle on which matching and presence questions sit.
 
-They are recorded in RUN/config.yaml under `task_options.options` and read back from a
-`--config` file's `task:` section.
+The grounding options and `sentence_words_weight` are off by default and documented in
+docs/pretraining.md (what they do, why, and what they bring at small scale). All options are
+recorded in RUN/config.yaml under `task_options.options` and read back from a `--config`
+file's `task:` section.
 """
 
 from __future__ import annotations

@@ -2,13 +2,11 @@
 
 - `base` (and any full-size preset): the reference recipe, `run/lxmert_pretrain.bash` of
   airsplay/lxmert: batch 256, BertAdam, lr 1e-4, 5% warm-up then linear decay, global
-  gradient clip 1.0, 20 epochs (reference/lxmert.md §1.6).
+  gradient clip 1.0, 20 epochs (docs/reference/lxmert.md §1.6).
 - the small presets (`tiny`, `small`, `demo`): a CPU recipe for synthetic worlds of a few
-  thousand images, measured on a 2-core CPU (see bench/bench_pretrain.py): AdamW (bias
-  correction matters in runs of a few hundred steps), a larger lr for the narrow model,
-  bf16 autocast where this CPU's bf16 matmuls are measured clearly faster than fp32
-  (`pipeline/training/precision.py`; on an AVX512-BF16 EPYC: 1.3x faster steps for `demo`,
-  1.6x for `small`; on an AVX512-BF16 Xeon without AMX bf16 is slower), else fp32.
+  thousand images: AdamW (bias correction matters in runs of a few hundred steps), a larger
+  lr for the narrow model, bf16 autocast where this CPU's bf16 matmuls are measured clearly
+  faster than fp32 (`pipeline/training/precision.py`), else fp32.
 """
 
 from __future__ import annotations

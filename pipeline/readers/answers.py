@@ -29,7 +29,7 @@ _ANS_CONVERT = {
 
 
 def convert_ans(ans: str) -> str:
-    """LXMERT's `AnswerTable.convert_ans` (reference/lxmert.md §1.5)."""
+    """LXMERT's `AnswerTable.convert_ans` (docs/reference/lxmert.md §1.5)."""
     if len(ans) == 0:
         return ""
     ans = ans.lower()
@@ -44,7 +44,7 @@ def convert_ans(ans: str) -> str:
     return _ANS_CONVERT.get(ans, ans)
 
 
-# --- the official VQA normalisation (reference/evaluation.md §2.2-2.4), quirks included ---
+# --- the official VQA normalisation (docs/reference/evaluation.md §2.2-2.4), quirks included ---
 _MANUAL_MAP = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
                "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 _ARTICLES = ("a", "an", "the")

@@ -1,4 +1,4 @@
-"""LXMERT's preprocessed json files (reference/lxmert.md §1.5, §1.8).
+"""LXMERT's preprocessed json files (docs/reference/lxmert.md §1.5, §1.8).
 
 - pretraining (`mscoco_train.json`, `vgnococo.json`, ...): a list of
   `{"img_id", "sentf": {source: [sentences]}, "labelf": {qa_source: [{answer: score}]}}`;

@@ -1,6 +1,6 @@
 """Pretraining entries in LXMERT's format, built from the official files of a data root.
 
-LXMERT's preprocessed `mscoco_train.json` / `vgnococo.json` (reference/lxmert.md §1.5) hold,
+LXMERT's preprocessed `mscoco_train.json` / `vgnococo.json` (docs/reference/lxmert.md §1.5) hold,
 per image, sentences by source (`sentf`) and, for QA sources, one answer->score dict per
 sentence (`labelf`). This builds the same entries from the files the datasets ship:
 

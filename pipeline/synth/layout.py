@@ -17,9 +17,9 @@ of the real overlap, which keeps every image in exactly one split.
 
 from __future__ import annotations
 
-# NLVR2 dev has twice its former share (test1 and COCO train give it up): the demo's table
-# compares models on it, and at 240 statements (a 6000-image world) a 7-point difference still
-# had a 95% interval reaching below zero
+# NLVR2 dev is large (480 statements of a 6000-image world) because the demo's table compares
+# models on it: at 240 a 7-point difference still had a 95% interval reaching below zero
+# (research/2026-11-27-nlvr2-truncated-statements.md)
 SHARES = (("coco_train2014", 0.26), ("coco_val2014", 0.08), ("vg", 0.12), ("gqa_train", 0.16),
           ("gqa_val", 0.04), ("gqa_testdev", 0.04), ("nlvr2_train", 0.20), ("nlvr2_dev", 0.08),
           ("nlvr2_test1", 0.02))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipeline.atomic import atomic_path
 from pipeline.synth.world import BACKGROUNDS, COLORS, GRAY_BACKGROUNDS, Obj, Scene
 
 SUPERSAMPLE = 2   # shapes are drawn at 2x and reduced, for smooth edges
@@ -119,10 +119,9 @@ def render_scene(scene: Scene) -> tuple[Image.Image, list[tuple[int, int, int, i
 def render_to_file(job: tuple[Scene, str]) -> list[tuple[int, int, int, int]]:
     scene, path = job
     image, boxes = render_scene(scene)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    if path.endswith(".png"):
-        image.save(tmp, format="PNG", compress_level=1)
-    else:
-        image.save(tmp, format="JPEG", quality=90)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.endswith(".png"):
+            image.save(tmp, format="PNG", compress_level=1)
+        else:
+            image.save(tmp, format="JPEG", quality=90)
     return boxes

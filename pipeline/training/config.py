@@ -74,6 +74,27 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_layers(cls, *layers: dict[str, Any]) -> "TrainConfig":
+        """The settings of a run from layers, later ones winning: a recipe (or a resumed run's
+        record), an options file's `train:` section, the flags. A layer that sets the length
+        (steps or epochs) replaces the earlier layers' length. Flags not given are left out of
+        their layer; a None in a layer is a setting (e.g. `clip_norm: null` turns clipping off)."""
+        from pipeline.errors import UsageError
+
+        values: dict[str, Any] = {}
+        for layer in layers:
+            if "steps" in layer or "epochs" in layer:
+                values.pop("steps", None)
+                values.pop("epochs", None)
+            values.update(layer)
+        if "steps" not in values and "epochs" not in values:
+            raise UsageError("give the run's length: --steps N or --epochs N")
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"training options: {err}") from None
+
 
 def unknown_fields(cls, values: dict[str, Any]) -> list[str]:
     """Keys of `values` that are not fields of the dataclass `cls` (a typo in a config file

@@ -1,6 +1,6 @@
 """Rank, world size and device of one training process; process-group setup for DDP.
 
-Pure torch: `workflows/train.py` decides where ranks run (Dask workers) and passes the
+Pure torch: an executor (pipeline/stages/executor.py) decides where ranks run and passes the
 rendezvous address; nothing here knows about Dask.
 """
 

@@ -1,11 +1,9 @@
 """Which autocast precision a small model's recipe picks on this machine.
 
-The CPU flags alone do not settle it. Two 2-core machines, both with AVX512-BF16, measured
-bf16 matmuls at 4.4x the fp32 rate (an EPYC: 790 vs 180 GFLOP/s; the `demo` pretraining step
-1.3x faster in bf16 autocast) and at 0.5x (a Xeon without AMX: 167 vs 302 GFLOP/s at 512x512,
-2 threads; the `demo` step 1.4x slower, 130 vs 95 ms at batch 32 on one thread). So bf16 is
-chosen where the flags allow it and a short matmul measurement shows it clearly faster; the
-run's config.yaml records the choice.
+The CPU flags alone do not settle it: among CPUs with AVX512-BF16, some run bf16 matmuls
+several times faster than fp32 and some (without AMX) at half the rate
+(research/2026-11-27-cpu-bf16-precision.md). So bf16 is chosen where the flags allow it and
+a short matmul measurement shows it clearly faster; the run's config.yaml records the choice.
 """
 
 from __future__ import annotations
@@ -16,8 +14,8 @@ from functools import lru_cache
 
 log = logging.getLogger(__name__)
 
-# autocast's casts eat part of a faster matmul in these small networks (4.4x matmul gave a
-# 1.3x step), so bf16 must win the matmul by a wide margin to win the step
+# autocast's casts eat part of a faster matmul in these small networks, so bf16 must win the
+# matmul by a wide margin to win the step
 BF16_MIN_MATMUL_SPEEDUP = 2.0
 
 

@@ -1,5 +1,5 @@
 """Starting a run directory: check it, and write config.yaml (everything needed to reproduce
-the run). Shared by the Dask runner (`workflows/train.py`) and stages that train in-process."""
+the run). Every training stage calls it through pipeline/stages/training.py."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@
     RUN/best/                        the model of the best validation so far (with best.json),
                                      when the run names a `best_metric`
 
-Checkpoint directories are written under a temporary name and renamed into place, so a
-directory named `step-*` is complete. Only rank 0 writes.
+Checkpoint directories are published whole (`pipeline.atomic.publish_directory`), so a
+directory named `step-*`, `final` or `best` is complete. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
-from pipeline.atomic import TMP_MARK, atomic_open
+from pipeline.atomic import TMP_MARK, atomic_open, publish_directory, remove_stale_temporaries
 from pipeline.errors import PipelineError
 
 CONFIG = "config.yaml"
@@ -109,32 +109,19 @@ class RunDir:
         return found[-1] if found else None
 
     def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int) -> Path:
-        root = self.path / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / _step_name(step)
-        tmp = root / f"{final.name}{TMP_MARK}{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
+        """Publish what `write(directory)` writes as checkpoints/step-N/; keep the newest `keep`."""
+        final = self.path / CHECKPOINTS / _step_name(step)
+        with publish_directory(final) as tmp:
             write(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         for old in self.checkpoints()[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     def publish_final(self, checkpoint: Path) -> Path:
+        """A copy of `checkpoint` as RUN/final/."""
         final = self.path / FINAL
-        tmp = self.path / f"{FINAL}{TMP_MARK}{uuid.uuid4().hex}"
-        shutil.copytree(checkpoint, tmp)
-        if final.exists():
-            old = self.path / f"{FINAL}{TMP_MARK}old-{uuid.uuid4().hex}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, final)
+        with publish_directory(final) as tmp:
+            shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
         return final
 
     # -- best validation ------------------------------------------------------------------
@@ -149,25 +136,12 @@ class RunDir:
     def save_best(self, write: Callable[[Path], None], record: dict[str, Any]) -> Path:
         """Replace RUN/best/ by what `write(directory)` writes, plus best.json = `record`."""
         best = self.path / BEST
-        tmp = self.path / f"{BEST}{TMP_MARK}{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
+        with publish_directory(best) as tmp:
             write(tmp)
             (tmp / BEST_RECORD).write_text(json.dumps(record) + "\n", encoding="utf-8")
-            if best.exists():
-                old = self.path / f"{BEST}{TMP_MARK}old-{uuid.uuid4().hex}"
-                os.replace(best, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, best)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return best
 
     def remove_stale(self) -> None:
         """Temporaries left by a killed writer."""
         for root in (self.path, self.path / CHECKPOINTS):
-            if root.is_dir():
-                for p in root.iterdir():
-                    if TMP_MARK in p.name:
-                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            remove_stale_temporaries(root)

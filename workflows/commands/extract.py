@@ -37,22 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
-    import distributed  # noqa: F401 - configures its loggers on import; quiet them after
-
-    if not getattr(args, "debug", False):
-        for name in ("distributed", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     from pipeline.extract import resolve_spec
-    from workflows.extract import run_extract
+    from pipeline.stages.extract import extract
+    from workflows.executors import DaskExecutor
 
     selection = {"min_boxes": args.min_boxes, "max_boxes": args.max_boxes, "method": args.selection}
     spec = resolve_spec(args.preset, args.weights, device=args.device, autocast=args.autocast,
                         selection=selection, vocab_dir=args.vocab_dir)
-    summary = run_extract(args.images, args.out, spec, shard_size=args.shard_size, batch_size=args.batch_size,
-                          feature_dtype=args.dtype, workers=args.workers, scheduler=args.scheduler,
-                          decode_threads=args.decode_threads, retries=args.retries,
+    with DaskExecutor(workers=args.workers, scheduler=args.scheduler, device=args.device) as dask:
+        summary = extract(args.images, args.out, spec, dask, shard_size=args.shard_size, batch_size=args.batch_size,
+                          feature_dtype=args.dtype, decode_threads=args.decode_threads, retries=args.retries,
                           progress=not args.no_progress)
     for line in summary.lines():
         print(line, file=sys.stderr)

@@ -64,7 +64,7 @@ _OPTION_FLAGS = {"task": "task", "init": "init", "features": "features", "data":
 def finetune_options(args: argparse.Namespace, file_options: dict):
     """`FinetuneOptions` from the options file's `task:` section, then the flags."""
     from pipeline.errors import UsageError
-    from pipeline.finetune import FinetuneOptions
+    from pipeline.stages.finetune import FinetuneOptions
 
     values = dict(file_options.get("task", {}))
     for flag, name in _OPTION_FLAGS.items():
@@ -81,15 +81,14 @@ def finetune_options(args: argparse.Namespace, file_options: dict):
 
 
 def run(args: argparse.Namespace) -> int:
-    from workflows.commands.training_options import flag_train_settings, quiet_dask, read_options_file
-
-    quiet_dask(args)
-    from workflows.stages import finetune_stage
+    from pipeline.stages.finetune import finetune
+    from workflows.commands.training_options import executor, flag_train_settings, read_options_file
 
     file_options = read_options_file(args.config)
     options = finetune_options(args, file_options)
-    result = finetune_stage(options, args.out, train_layers=(file_options["train"], flag_train_settings(args)),
-                            resume=args.resume, workers=args.workers, scheduler=args.scheduler)
+    layers = (file_options["train"], flag_train_settings(args))
+    with executor(args, layers) as dask:
+        result = finetune(options, args.out, dask, layers=layers, resume=args.resume)
     init = result["init"]
     if init.get("answers_total") is not None:
         print(f"init: {init['answers_matched']} of {init['answers_total']} answers matched by name "

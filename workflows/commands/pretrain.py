@@ -59,23 +59,21 @@ def _task_options(args: argparse.Namespace, file_options: dict):
 
 
 def run(args: argparse.Namespace) -> int:
-    from workflows.commands.training_options import flag_train_settings, quiet_dask, read_options_file
-
-    quiet_dask(args)
-    from workflows.stages import pretrain_stage
+    from pipeline.stages.pretrain import pretrain
+    from workflows.commands.training_options import executor, flag_train_settings, read_options_file
 
     file_options = read_options_file(args.config)
     options = None if args.resume else _task_options(args, file_options)
-    result = pretrain_stage(args.features, args.data, args.out, preset=args.preset, options=options,
-                            vocab=args.vocab, answers=args.answers,
-                            train_layers=(file_options["train"], flag_train_settings(args)), resume=args.resume,
-                            workers=args.workers, scheduler=args.scheduler)
+    layers = (file_options["train"], flag_train_settings(args))
+    with executor(args, layers) as dask:
+        result = pretrain(args.features, args.data, args.out, dask, preset=args.preset, options=options,
+                          vocab=args.vocab, answers=args.answers, layers=layers, resume=args.resume)
     for split, counts in result["summary"].items():
         if isinstance(counts, dict) and counts.get("missing_images"):
             print(f"{split}: {counts['missing_sentences']} sentences of {counts['missing_images']} images skipped "
                   f"(not in the feature store {args.features})", file=sys.stderr)
     last = result.get("last_metrics") or {}
-    losses = "  ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("loss", *result["tasks"]))
+    losses = "  ".join(f"{k} {v:.3f}" for k, v in last.items() if k in ("loss", *result["objectives"]))
     print(f"pretrained {result['step']} of {result['total_steps']} steps; {losses}", file=sys.stderr)
     if result.get("final_dir"):
         print(f"model: {result['final_dir']}", file=sys.stderr)

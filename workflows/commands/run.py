@@ -27,9 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workflows.commands.training_options import quiet_dask
-
-    quiet_dask(args)
     from workflows.pipeline_config import load_pipeline_config
     from workflows.pipeline_graph import run_pipeline
 

@@ -1,22 +1,27 @@
 """Options every training command shares (pretrain, finetune, train-detector).
 
-The training settings of a run come from three layers, later ones winning:
-the task's recipe (e.g. the reference's fine-tuning batch 32, lr 5e-5), a `--config` YAML
-file (section `train:` for `TrainConfig` fields, `task:` for the task's own options), then
-the flags given on the command line. What results is written to RUN/config.yaml.
+The training settings of a run come from three layers, later ones winning
+(`TrainConfig.from_layers`): the task's recipe (e.g. the reference's fine-tuning batch 32,
+lr 5e-5), a `--config` YAML file (section `train:` for `TrainConfig` fields, `task:` for the
+task's own options), then the flags given on the command line. What results is written to
+RUN/config.yaml.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Sequence
 
-from pipeline.errors import PipelineError, UsageError
+from pipeline.errors import PipelineError
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+def add_training_arguments(parser: argparse.ArgumentParser, *, options_file: bool = True) -> None:
+    """The flags of every training command; `options_file=False` leaves `--config` to the
+    command (train-detector's is a detector config)."""
     parser.add_argument("--out", required=True, metavar="RUN", help="run directory (config, metrics, checkpoints)")
-    parser.add_argument("--config", metavar="YAML", help="options file: `train:` (loop settings) and `task:` sections")
+    if options_file:
+        parser.add_argument("--config", metavar="YAML",
+                            help="options file: `train:` (loop settings) and `task:` sections")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimiser steps")
     length.add_argument("--epochs", type=float, help="passes over the training examples")
@@ -28,7 +33,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast dtype")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--device", help="cpu or cuda")
-    parser.add_argument("--num-workers", type=int, help="DataLoader workers per rank")
+    parser.add_argument("--num-workers", "--loader-workers", type=int, dest="num_workers",
+                        help="DataLoader worker processes per rank (default 0: in the training process)")
     parser.add_argument("--log-every", type=int, help="steps between metrics lines")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: each epoch)")
     parser.add_argument("--val-every", type=int, help="steps between validations (default: each epoch)")
@@ -73,36 +79,10 @@ def flag_train_settings(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
-def train_config(args: argparse.Namespace, recipe: dict[str, Any], file_options: dict[str, Any]):
-    """`TrainConfig` from the recipe, then the options file's `train:`, then the flags."""
-    return merged_train_config(recipe, file_options.get("train", {}), flag_train_settings(args))
+def executor(args: argparse.Namespace, layers: Sequence[dict[str, Any]] = ()):
+    """The Dask executor the command's flags ask for: a local cluster (`--workers`) or an
+    existing scheduler (`--scheduler`), for the device the settings layers name."""
+    from workflows.executors import DaskExecutor
 
-
-def merged_train_config(*layers: dict[str, Any]):
-    """`TrainConfig` from settings layers, later ones winning; a layer that sets the length
-    (steps or epochs) replaces the earlier layers' length."""
-    from pipeline.training import TrainConfig
-
-    values: dict[str, Any] = {}
-    for layer in layers:
-        if "steps" in layer or "epochs" in layer:
-            values.pop("steps", None)
-            values.pop("epochs", None)
-        values.update(layer)
-    if "steps" not in values and "epochs" not in values:
-        raise UsageError("give the run's length: --steps N or --epochs N")
-    try:
-        return TrainConfig.from_dict(values)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"training options: {err}") from None
-
-
-def quiet_dask(args: argparse.Namespace) -> None:
-    """Dask logs every worker start and stop at INFO; users want the training's lines."""
-    import logging
-
-    import distributed  # noqa: F401 - configures its loggers on import; quiet them after
-
-    if not getattr(args, "debug", False):
-        for name in ("distributed", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    device = next((layer["device"] for layer in reversed(layers) if layer.get("device")), "cpu")
+    return DaskExecutor(workers=args.workers, scheduler=args.scheduler, device=device)

@@ -17,24 +17,22 @@ the detector's own object head, and its box AP on held-out VG images (train-dete
   1.0 (the `synth` preset)         0.746 / 0.780  0.746 / 0.817  0.631         32.7
   2.0                              0.663 / 0.713  0.810 / 0.874  0.551         26.3
 
-    python bench/probe_region_features.py --data WORLD --features STORE [--steps 300]
+    python research/probe_region_features.py --data WORLD --features STORE [--steps 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.features.store import FeatureStore  # noqa: E402
-from pipeline.synth.world import COLORS  # noqa: E402
+from pipeline.features.store import FeatureStore
+from pipeline.synth.world import COLORS
 
 GQA_SPLITS = ("train", "val", "testdev")
 

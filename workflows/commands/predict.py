@@ -59,17 +59,15 @@ def run(args: argparse.Namespace) -> int:
     for answer, prob in reply.answers:
         print(f"  {answer:<{width}}  {prob:6.3f}  {'#' * round(prob * 30)}")
     if args.picture:
-        from detector.config import DetectorConfig
+        from pipeline.finetune.ask import region_names
         from pipeline.images import decode_image
         from pipeline.pictures.attention import draw_attention
 
         if reply.attention is None:
             print("no picture: a language-only run does not look at the image", file=sys.stderr)
         else:
-            cfg = DetectorConfig.from_dict(metadata.detector_config)
-            objects, attributes = cfg.object_names(), cfg.attribute_names()
             regions = images[0]
-            names = [f"{attributes[a]} {objects[o]}" for o, a in zip(regions.objects_id, regions.attrs_id)]
+            names = region_names(regions, metadata)
             top_answer = reply.answers[0][0]
             draw_attention(decode_image(args.image[0]), regions.boxes, reply.attention, Path(args.picture),
                            title=f"{args.question}  ->  {top_answer}", region_names=names)

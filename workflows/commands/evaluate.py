@@ -49,29 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import UsageError
-    from pipeline.evaluation.evaluate import evaluate_predictions, read_predictions, write_evaluation
     from pipeline.evaluation.evaluate import results_record
     from pipeline.evaluation.results_table import format_table
-    from pipeline.evaluation.split_files import locate
+    from pipeline.stages.evaluate import evaluate
 
-    if args.predictions:
-        if args.features or args.checkpoint:
-            raise UsageError("--features and --checkpoint choose how a --run predicts; not with --predictions")
-        if not args.out:
-            raise UsageError("--out DIR is required with --predictions")
-        locate(args.data, args.task, args.split)  # a wrong split fails before reading anything
-        predictions = read_predictions(args.task, args.predictions)
-        evaluation = evaluate_predictions(args.task, predictions.answers, args.data, args.split,
-                                          strict=args.strict, vqa_version=args.vqa_eval,
-                                          duplicates=predictions.duplicates, source=args.predictions)
-        results_path, submission_path = write_evaluation(evaluation, args.out)
-    else:
-        from pipeline.evaluation.run_predictions import evaluate_run
-        options = {k: v for k, v in (("features", args.features), ("checkpoint", args.checkpoint)) if v}
-        evaluation, results_path, submission_path = evaluate_run(
-            args.run, args.data, args.split, args.task, out=args.out, strict=args.strict,
-            vqa_version=args.vqa_eval, **options)
+    options = {k: v for k, v in (("features", args.features), ("checkpoint", args.checkpoint)) if v}
+    evaluation, results_path, submission_path = evaluate(
+        args.task, args.data, args.split, run=None if args.predictions else args.run, predictions=args.predictions,
+        out=args.out, strict=args.strict, vqa_version=args.vqa_eval, **options)
     print(format_table(results_record(evaluation, submission_path)))
     print(f"results: {results_path}", file=sys.stderr)
     return 0

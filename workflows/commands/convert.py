@@ -74,6 +74,7 @@ def find_checkpoint(source: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from model import CheckpointError, load_pretrained, save_pretrained
+    from pipeline.atomic import publish_directory
     from model.modeling_lxmert import MODEL_CLASSES
 
     target = Path(args.target)
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         model, report = load_pretrained(source, model_class, answers=_read_answers(args.answers),
                                         source_answers=_read_answers(args.source_answers),
                                         return_report=True, **overrides)
-        save_pretrained(model, target)
+        with publish_directory(target) as staging:   # a reader never sees half a model
+            save_pretrained(model, staging)
     except CheckpointError as err:
         raise PipelineError(err.message, err.path or source) from None
     except ValueError as err:  # config values that do not fit together (heads vs hidden, ...)

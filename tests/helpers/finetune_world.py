@@ -1,5 +1,5 @@
-"""A small synthetic world with ground-truth features, and checkpoints in the formats a
-fine-tuning run starts from (a pretraining run's model directory, an original LXMERT .pth)."""
+"""A small synthetic world with ground-truth features, and the model directory a
+pretraining run leaves for fine-tuning to start from."""
 
 from __future__ import annotations
 
@@ -36,9 +36,3 @@ def pretraining_directory(directory: Path, world: Path, store: Path, answers: li
     save_pretrained(model, directory)
     tokenizer.save(directory)
     return directory
-
-
-def to_original_pretraining(state: dict) -> dict:
-    """airsplay/lxmert's LXRTPretraining key names, saved from nn.DataParallel."""
-    return {"module." + ("bert." + k[len("lxmert."):] if k.startswith("lxmert.") else k): v.clone()
-            for k, v in state.items()}

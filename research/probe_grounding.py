@@ -46,7 +46,7 @@ spending a pretraining run on it. The pipeline's counterparts are the pretrainin
 (pipeline/pretraining/grounding.py: questions and statements about each image's own
 detections, with such a hint); the demo uses both.
 
-    python bench/probe_grounding.py [--steps 600] [--seeds 0] [--models lxmert,lxmert+words,single]
+    python research/probe_grounding.py [--steps 600] [--seeds 0] [--models lxmert,lxmert+words,single]
         [--tasks presence,matching] [--shapes uniform,skewed,skewed>uniform] [--threads 2]
 """
 
@@ -55,15 +55,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import LxmertConfig, LxmertForPreTraining  # noqa: E402
-from pipeline.training.schedule import warmup_linear_schedule  # noqa: E402
+from model import LxmertConfig, LxmertForPreTraining
+from pipeline.training.schedule import warmup_linear_schedule
 
 MODELS, TASKS, SHAPES = ("lxmert", "lxmert+words", "single"), ("presence", "matching"), ("uniform", "skewed", "skewed>uniform")
 

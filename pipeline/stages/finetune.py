@@ -1,11 +1,12 @@
-"""The fine-tuning stage: options -> a prepared `FinetuneTask` -> the one training loop.
+"""The fine-tuning stage: options -> a prepared `FinetuneTask` -> the one training loop,
+through an executor (default: this process).
 
 `prepare_finetune` does everything that can fail on bad input before any training starts:
 reads the splits, checks that the feature store has every image and fits the model,
 settles the answer vocabulary (saved as RUN/answers.json) and the tokenizer (RUN/tokenizer/),
 and loads the initial weights once to report how many answer rows matched by name.
-`finetune` then trains in this process; `workflows/train.py::run_training` runs the same
-task on Dask (one worker, or DDP over several).
+`finetune` then trains the task where the executor says (one process, or DDP over Dask
+workers with `workflows.executors.DaskExecutor`).
 
 Run directory (the training loop's layout, plus):
 
@@ -29,7 +30,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pipeline.errors import PipelineError, UsageError
 from pipeline.finetune.init import CHECKPOINT, SCRATCH, resolve_init
@@ -37,14 +38,16 @@ from pipeline.finetune.recipe import recipe
 from pipeline.finetune.splits import missing_images, require_labels
 from pipeline.finetune.tasks import TASKS, FinetuneTask
 from pipeline.readers.answers import AnswerVocab
-from pipeline.training import DistEnv, RunDir, TrainConfig, TrainResult, prepare_run, train
+from pipeline.stages.executor import InProcess
+from pipeline.stages.training import loop_settings, open_run, train_run
+from pipeline.training import RunDir
 from pipeline.training.config import unknown_fields
 
 log = logging.getLogger(__name__)
 
 ANSWERS_FILE = "answers.json"
 # marks a run directory as a fine-tuning run in its config.yaml (predict checks it)
-STAGE_RECORD = {"stage": "finetune"}
+FINETUNE_RECORD = {"stage": "finetune"}
 
 
 @dataclass
@@ -152,11 +155,7 @@ def prepare_finetune(options: FinetuneOptions, run_path: str | os.PathLike, *, r
     loss = options.loss or cls.losses[0]
     if loss not in cls.losses:
         raise UsageError(f"{cls.name} fine-tunes with {' or '.join(cls.losses)}, not {loss!r}")
-    run = RunDir(run_path)
-    run.check_writable()
-    if run.has_run() and not resume:
-        raise PipelineError("already holds a training run (config.yaml); pass --resume to continue it "
-                            "or choose another --out", run.path)
+    run = open_run(run_path, resume)
     store = FeatureStore(options.features)
 
     train_splits = list(options.train_splits or cls.default_train_splits)
@@ -230,12 +229,14 @@ def default_recipe(task: FinetuneTask) -> dict[str, Any]:
     return recipe(task.name, task.record["model"]["hidden_size"])
 
 
-def finetune(options: FinetuneOptions, config: TrainConfig | None, run_path: str | os.PathLike, *,
-             resume: bool = False, env: DistEnv = DistEnv(), stop_after: int | None = None) -> TrainResult:
-    """Fine-tune in this process (no Dask): prepare, write config.yaml, train. `config` None
-    trains with `default_recipe`."""
-    task = prepare_finetune(options, run_path, resume=resume)
-    config = config or TrainConfig(**default_recipe(task))
-    run = RunDir(run_path)
-    prepare_run(run, task, config, resume=resume, extra=STAGE_RECORD)
-    return train(task, config, run, env, resume=resume, stop_after=stop_after)
+def finetune(options: FinetuneOptions, out: str | os.PathLike, executor=None, *,
+             layers: Sequence[dict[str, Any]] = (), resume: bool = False,
+             stop_after: int | None = None) -> dict[str, Any]:
+    """Fine-tune per `options` into the run directory `out`. `layers`: loop settings over the
+    task's recipe (training.py). Returns the loop's result with `init` (where the weights came
+    from, answers matched) and `best` (the best validation)."""
+    task = prepare_finetune(options, out, resume=resume)
+    config = loop_settings(RunDir(out), resume, default_recipe(task), layers)
+    result = train_run(task, config, out, executor or InProcess(), resume=resume, record=FINETUNE_RECORD,
+                       stop_after=stop_after)
+    return {**result, "init": task.record["init"], "best": RunDir(out).best_record()}

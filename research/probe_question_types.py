@@ -26,7 +26,7 @@ colour examples) stay below that point: its fine-tuned "what color" is 0.11-0.13
 either detector. So at demo scale the limit is examples per question type and how crisp the regions
 are (on ground-truth regions the same mixture gets there ~4x sooner), not the input code:
 the pipeline's inputs carry the colour (the first row). Presence ("is there a X?") stays at
-0.50 even on ground-truth regions in that mixture: the saddle of `bench/probe_grounding.py`.
+0.50 even on ground-truth regions in that mixture: the saddle of `research/probe_grounding.py`.
 
 Order matters (measured with a local variant of this script, not an option of it): 300 steps
 on the colour questions alone, then 600 on all types, ends at colour 0.60 against 0.16 after
@@ -37,7 +37,7 @@ them off; 300 steps of colour, then 300 of "is there a X?" alone, then all: pres
 the block, 0.40 at step 1800). A curriculum by question type is the next lever to try for the
 demo's lookup questions; presence, and so NLVR2, needs something else.
 
-    python bench/probe_question_types.py --data WORLD --features STORE --vocab RUN
+    python research/probe_question_types.py --data WORLD --features STORE --vocab RUN
         [--types "what color,how many" | all] [--steps 600] [--batch-size 64] [--threads 1]
 """
 
@@ -47,21 +47,19 @@ import argparse
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import LxmertConfig  # noqa: E402
-from model.modeling_lxmert import LxmertForQuestionAnswering  # noqa: E402
-from pipeline.features.store import FeatureStore  # noqa: E402
-from pipeline.inputs.text import load_run_tokenizer  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.inputs.visual import read_visual  # noqa: E402
-from pipeline.readers.data_root import DataRoot  # noqa: E402
-from pipeline.readers.vqa import read_vqa  # noqa: E402
-from pipeline.training.schedule import warmup_linear_schedule  # noqa: E402
+from model import LxmertConfig
+from model.modeling_lxmert import LxmertForQuestionAnswering
+from pipeline.features.store import FeatureStore
+from pipeline.inputs.text import load_run_tokenizer
+from pipeline.errors import PipelineError
+from pipeline.inputs.visual import read_visual
+from pipeline.readers.data_root import DataRoot
+from pipeline.readers.vqa import read_vqa
+from pipeline.training.schedule import warmup_linear_schedule
 
 
 def kept_questions(root: DataRoot, split: str, prefixes: list[str] | None):

@@ -11,8 +11,8 @@ so this is what a fine-tuning can start from.
 Measured on the demo's world and store (`demo` pretraining, 3000 steps; NLVR2 train split, 1200
 statements; the column that fits each template). The first three columns ran on cut-off
 statements: the pretraining's vocabulary, learnt on its corpus alone, spelt NLVR2's words out
-in letters and half the statements lost their last words to the 20-piece limit (README, "NLVR2:
-the statements were cut off"); the last is the demo since the vocabulary covers them:
+in letters and half the statements lost their last words to the 20-piece limit
+(research/2026-11-27-nlvr2-truncated-statements.md); the last is the demo since the vocabulary covers them:
 
                                       cut off                                  whole
     template      combination   reference   words   words + grounding   words + grounding
@@ -22,9 +22,9 @@ the statements were cut off"); the last is the demo since the vocabulary covers 
     relation      max              0.48      0.55         0.60                0.58
 
 With whole statements the matching head already tells "both images contain at least one X"
-(0.83), and the fine-tuned model gets 70% of those right (README, the demo's table).
+(0.83), and the fine-tuned model gets 70% of those right (research/2026-11-27-demo-table.md).
 
-    python bench/probe_nlvr2_transfer.py --run RUN/pretrain --features STORE --data WORLD [--split train]
+    python research/probe_nlvr2_transfer.py --run RUN/pretrain --features STORE --data WORLD [--split train]
 """
 
 from __future__ import annotations
@@ -38,15 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import LxmertForPreTraining, load_pretrained  # noqa: E402
-from model.errors import CheckpointError  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
-from pipeline.finetune.data import PairBatches  # noqa: E402
-from pipeline.finetune.splits import read_nlvr2_split  # noqa: E402
-from pipeline.inputs.text import load_run_tokenizer  # noqa: E402
-from pipeline.readers.data_root import DataRoot  # noqa: E402
+from model import LxmertForPreTraining, load_pretrained
+from model.errors import CheckpointError
+from pipeline.errors import PipelineError
+from pipeline.finetune.data import PairBatches
+from pipeline.finetune.splits import read_nlvr2_split
+from pipeline.inputs.text import load_run_tokenizer
+from pipeline.readers.data_root import DataRoot
 
 COMBINATIONS = {"left": lambda l, r: l, "right": lambda l, r: r, "min": np.minimum, "max": np.maximum,
                 "|l-r|": lambda l, r: np.abs(l - r)}

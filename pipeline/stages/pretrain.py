@@ -1,7 +1,7 @@
-"""The pretraining stage in one process: prepare the run, then the one training loop.
+"""The pretraining stage: check the inputs, prepare the run, train through an executor.
 
-    task, summary = prepare_pretraining(features, data, out, preset="demo")
-    result = pretrain(features, data, out, TrainConfig(**recipe("demo")))   # no Dask needed
+    result = pretrain(features, data, out, preset="demo")                 # in this process
+    result = pretrain(features, data, out, DaskExecutor(workers=2))      # DDP over two workers
 
 `prepare_pretraining` does, in order (cheap checks first, so a bad call fails in a second):
 the output directory is writable and not another run; the store opens and fits the model
@@ -9,7 +9,6 @@ preset; the data root has usable examples (annotations of images missing from th
 are counted, not errors); then the run's tokenizer (given or learnt), the answer table
 (RUN/answers.json) and the examples (RUN/data/) are written. On `--resume` the run's own
 recorded task is rebuilt instead, and only the store is checked against it.
-`workflows/train.py::run_training` runs the returned task on Dask (1 worker or DDP).
 """
 
 from __future__ import annotations
@@ -18,10 +17,9 @@ import itertools
 import json
 import logging
 import os
-import platform
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from model.configuration_lxmert import LxmertConfig
 from pipeline.errors import PipelineError
@@ -31,20 +29,14 @@ from pipeline.pretraining import grounding
 from pipeline.pretraining.examples import (ExampleCounts, answer_table, build_examples, read_entries, source_names,
                                            usable_entries)
 from pipeline.pretraining.options import PretrainOptions
+from pipeline.pretraining.recipe import recipe
 from pipeline.pretraining.task import ANSWERS, DATA_DIR, PretrainTask
 from pipeline.readers.answers import AnswerVocab
-from pipeline.training import RunDir, TrainConfig, TrainResult, train
+from pipeline.stages.executor import InProcess
+from pipeline.stages.training import loop_settings, open_run, train_run
+from pipeline.training import RunDir
 
 log = logging.getLogger(__name__)
-
-
-def open_run(out: str | os.PathLike, resume: bool) -> RunDir:
-    run = RunDir(out)
-    run.check_writable()
-    if run.has_run() and not resume:
-        raise PipelineError("already holds a training run (config.yaml); pass --resume to continue it "
-                            "or choose another --out", run.path)
-    return run
 
 
 def _open_store(features: str | os.PathLike):
@@ -160,34 +152,35 @@ def resumed_task(run: RunDir, features: str | os.PathLike | None = None) -> Pret
     return task
 
 
-def recorded_train_config(run: RunDir) -> dict[str, Any]:
-    """The `train:` settings of an existing run (a resumed run keeps its schedule)."""
-    return dict(run.read_config().get("train") or {})
+def pretrain(features: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, executor=None, *,
+             preset: str = "base", options: PretrainOptions | dict | None = None,
+             vocab: str | os.PathLike | None = None, answers: str | os.PathLike | None = None,
+             layers: Sequence[dict[str, Any]] = (), resume: bool = False,
+             stop_after: int | None = None) -> dict[str, Any]:
+    """Pretrain on the store `features` and the data root `data` into the run directory `out`.
 
+    `executor`: where it trains (default: this process). `options`: `PretrainOptions` or
+    their dict (a resumed run rebuilds its recorded task instead). `layers`: loop settings
+    over the preset's recipe (training.py). Returns the loop's result with `summary`
+    (examples per split, images missing from the store) and `objectives` (what was trained)."""
+    from pipeline.errors import UsageError
 
-def run_record(task: PretrainTask, config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
-    """config.yaml of a run started without Dask (the same keys as workflows.train.prepare_run)."""
-    import torch
-
-    import pipeline
-
-    return {"task": task.name, "task_options": task.describe(), "train": config.to_dict(), "data_summary": summary,
-            "versions": {"lxmert_pipeline": pipeline.__version__, "torch": str(torch.__version__),
-                         "python": platform.python_version()}}
-
-
-def pretrain(features: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, config: TrainConfig, *,
-             preset: str = "base", options: PretrainOptions | None = None, vocab: str | os.PathLike | None = None,
-             answers: str | os.PathLike | None = None, resume: bool = False,
-             stop_after: int | None = None) -> TrainResult:
-    """Pretrain in this process (no Dask); the run lands in `out`, the model in `out/final/`."""
+    run = open_run(out, resume)
+    if not (resume and run.has_run()):
+        if preset not in model_preset_names():
+            raise UsageError(f"unknown model preset {preset!r}; choose from {', '.join(model_preset_names())}")
+        if not isinstance(options, PretrainOptions):
+            try:
+                options = PretrainOptions.from_dict(dict(options or {}))
+            except (TypeError, ValueError) as err:
+                raise UsageError(f"pretraining options: {err}") from None
+    device = next((layer["device"] for layer in reversed(layers) if layer.get("device")), "cpu")
+    config = loop_settings(run, resume, recipe(preset, device), layers)
     task, summary = prepare_pretraining(features, data, out, preset=preset, options=options, vocab=vocab,
                                         answers=answers, resume=resume)
-    run = RunDir(out)
-    if not run.has_run():
-        run.write_config(run_record(task, config, summary))
-    run.remove_stale()
-    return train(task, config, run, resume=resume, stop_after=stop_after)
+    result = train_run(task, config, out, executor or InProcess(), resume=resume,
+                       record={"data_summary": summary} if summary else None, stop_after=stop_after)
+    return {**result, "summary": summary, "objectives": list(task.options.tasks)}
 
 
 def model_preset_names() -> list[str]:

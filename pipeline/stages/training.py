@@ -1,0 +1,73 @@
+"""What every training stage (train-detector, pretrain, finetune) does around the one loop,
+written once: settle the loop settings, hold a resumed run to its record, write config.yaml,
+then train through the executor.
+
+Loop settings come in layers, later ones winning (`TrainConfig.from_layers`): the task's
+recipe, or on `--resume` the run's recorded settings; then an options file's `train:`
+section; then the flags. A resumed run must be the same run: its task options and loop
+settings must equal the record, except the settings that do not change what is computed
+step by step (`RESUME_FREE`: where it runs, how it reports, and the length, so a finished
+run can be extended with more steps).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from pipeline.errors import PipelineError
+from pipeline.training import RunDir, TrainConfig, prepare_run
+
+RESUME_FREE = frozenset({"progress", "num_workers", "device", "steps", "epochs", "log_every",
+                         "checkpoint_every", "val_every", "keep_checkpoints"})
+
+
+def open_run(out: str | os.PathLike, resume: bool) -> RunDir:
+    """The run directory, writable, and holding no other run unless resuming it."""
+    run = RunDir(out)
+    run.check_writable()
+    if run.has_run() and not resume:
+        raise PipelineError("already holds a training run (config.yaml); pass --resume to continue it "
+                            "or choose another --out", run.path)
+    return run
+
+
+def loop_settings(run: RunDir, resume: bool, recipe: dict[str, Any],
+                  layers: Sequence[dict[str, Any]] = ()) -> TrainConfig:
+    """The recipe (or a resumed run's recorded settings) under the caller's layers."""
+    base = dict(run.read_config().get("train") or recipe) if resume and run.has_run() else recipe
+    return TrainConfig.from_layers(base, *layers)
+
+
+def train_run(task, config: TrainConfig, out: str | os.PathLike, executor, *, resume: bool,
+              record: dict[str, Any] | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Check a resume against the record, write config.yaml (`record` adds keys to it), train."""
+    run = RunDir(out)
+    if resume and run.has_run():
+        check_same_run(run, task, config)
+    prepare_run(run, task, config, resume=resume, extra=record)
+    return executor.train(task, config, str(run.path), resume=resume, stop_after=stop_after)
+
+
+def check_same_run(run: RunDir, task, config: TrainConfig) -> None:
+    recorded = run.read_config()
+    differs = []
+    if recorded.get("task") != task.name:
+        differs.append(f"task {recorded.get('task')!r}")
+    old_task = recorded.get("task_options") or {}
+    differs += [f"task_options.{k}" for k, v in task.describe().items() if plain(v) != old_task.get(k)]
+    old_train = recorded.get("train") or {}
+    differs += [f"train.{k}" for k, v in config.to_dict().items()
+                if k not in RESUME_FREE and plain(v) != old_train.get(k)]
+    if differs:
+        raise PipelineError(f"--resume with options other than the run's ({', '.join(differs[:6])}); pass the "
+                            f"options it was started with, or choose another --out", run.path / "config.yaml")
+
+
+def plain(value: Any) -> Any:
+    """What the value reads back as from YAML (tuples -> lists), for comparisons and records."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
