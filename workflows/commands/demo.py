@@ -29,15 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workflows.commands.training_options import quiet_dask
-
-    quiet_dask(args)
     from pathlib import Path
 
-    from workflows.demo import run_demo
+    from workflows.demo import run_demo, run_name
 
     run_demo(args.out, quick=args.quick, workers=args.workers, seed=args.seed)
     table = (Path(args.out) / "results.md").read_text(encoding="utf-8")
     print(table)
     print(f"results: {Path(args.out) / 'results.json'}; pictures: {Path(args.out) / 'pictures'}", file=sys.stderr)
+    vqa = Path(args.out) / "runs" / "finetune" / run_name("vqa", "pretrained")
+    print(f"ask the fine-tuned VQA model about pictures in a browser: lxmert-pipeline serve --run {vqa}",
+          file=sys.stderr)
     return 0
