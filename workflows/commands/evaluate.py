@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 HELP = "score a run or a predictions file on a split with the official VQA/GQA/NLVR2 metrics"
 
