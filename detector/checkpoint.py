@@ -29,7 +29,7 @@ import torch
 
 from detector.config import DetectorConfig
 # the project's one checkpoint error (docs/files.md), raised and re-exported here
-from model.errors import CheckpointError
+from model.errors import CheckpointError, refused_pickle, torch_load_reason
 
 CELL_ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"
 CONFIG_NAME = "config.yaml"
@@ -148,8 +148,8 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"refused by torch.load(weights_only=True): {first}", path) from None
+        raise CheckpointError(refused_pickle(err) or f"not a torch weights file ({torch_load_reason(err)})",
+                              path) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"unreadable torch file: {err}", path) from None
 

@@ -24,7 +24,7 @@ import torch
 
 from model.answer_transfer import answer_list, lxmert_answer_key, transfer_answer_rows
 from model.configuration_lxmert import LxmertConfig
-from model.errors import CheckpointError
+from model.errors import CheckpointError, refused_pickle, torch_load_reason
 from model.modeling_lxmert import (
     MODEL_CLASSES,
     LxmertForNLVR2,
@@ -61,8 +61,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle/zip errors of every kind
-        raise CheckpointError(f"not a readable torch checkpoint with weights only ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:200]})", path) from None
+        raise CheckpointError(refused_pickle(err) or f"not a readable torch checkpoint with weights only "
+                              f"({torch_load_reason(err)})", path) from None
     # training snapshots sometimes nest the weights
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):

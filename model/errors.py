@@ -9,6 +9,7 @@ the same one line, naming the file.
 from __future__ import annotations
 
 import os
+import re
 
 
 class CheckpointError(ValueError):
@@ -22,3 +23,22 @@ class CheckpointError(ValueError):
         self.path = None if path is None else os.fspath(path)
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+def refused_pickle(err: Exception) -> str | None:
+    """Why `torch.load(weights_only=True)` refused a file that names code, without torch's
+    advice on how to load it anyway (turning the protection off is never the fix for a
+    weights file); None for other load errors (`torch_load_reason`)."""
+    named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if named is None:
+        return None
+    return (f"refused: the file contains code (it calls {named.group(1)}; a weights file holds tensors "
+            f"and plain values only), so it is not loaded")
+
+
+def torch_load_reason(err: Exception) -> str:
+    """The cause in a `torch.load` error, without the paragraphs of advice torch wraps it in."""
+    text = str(err).strip()
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    first = found.group(1) if found else (text.splitlines()[0] if text else "")
+    return f"{type(err).__name__}: {first[:200]}"

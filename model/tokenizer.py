@@ -6,8 +6,8 @@
   `BertTokenizerFast(vocab_file=...)`, which in transformers 5.x silently keeps a 5-token
   vocabulary and maps every word to [UNK].
 - `train_wordpiece(texts, directory)`: a vocabulary learnt on the run's own corpus, saved
-  as `vocab.txt` beside the run (training is not deterministic across runs, so the saved
-  file, not a re-training, is what later stages load).
+  as `vocab.txt` beside the run; the same corpus gives the same file byte for byte (see the
+  function), and the saved file, not a re-training, is what later stages load.
 - `LxmertTokenizer.encode_batch(texts)`: the reference's features (`[CLS]` + at most
   `max_seq_length - 2` WordPieces + `[SEP]`, zero-padded to exactly `max_seq_length`,
   segment ids 0) as int64 numpy arrays, batched in Rust.
@@ -201,17 +201,25 @@ def train_wordpiece(texts: Iterable[str], directory: str | os.PathLike | None = 
 
     Letters, digits and punctuation are always in the alphabet, so times and scores
     ("3:45", "2-1") do not turn into [UNK] when the corpus lacks a character.
+
+    The same texts give the same vocabulary in every process. `tokenizers`' trainer numbers
+    the continuation pieces ("##e") in its hash map's iteration order, which is seeded per
+    process, and breaks ties between equally frequent merges by those numbers, so the learnt
+    pieces and their ids changed from run to run (docs/reference/ecosystem.md §4). Here every
+    continuation piece of the corpus's characters is handed to the trainer up front, in
+    character order, so every number it compares is fixed before training starts.
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+    texts = texts if isinstance(texts, Sequence) else list(texts)
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
     tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                       strip_accents=None, lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##",
-        initial_alphabet=list(ALPHABET), show_progress=False)
+        vocab_size=vocab_size, min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS) + _continuation_pieces(texts, tokenizer.normalizer),
+        continuing_subword_prefix="##", initial_alphabet=list(ALPHABET), show_progress=False)
 
     def batches(size: int = 1000):
         batch = []
@@ -224,8 +232,8 @@ def train_wordpiece(texts: Iterable[str], directory: str | os.PathLike | None = 
             yield batch
 
     tokenizer.train_from_iterator(batches(), trainer=trainer, length=length)
-    # the trainer seeds only word-initial characters; without "##5" a "45" is [UNK], so every
-    # alphabet character also gets its continuation piece (appended: ids of the rest stay)
+    # whatever the trainer kept, every alphabet character and its "##" piece stay in: without
+    # "##5" a "45" is [UNK] (appended, so the ids of the rest stay)
     vocab = tokenizer.get_vocab()
     for char in ALPHABET:
         for piece in (char, "##" + char):
@@ -237,3 +245,15 @@ def train_wordpiece(texts: Iterable[str], directory: str | os.PathLike | None = 
         result.save(directory)
         result.source = str(Path(directory) / VOCAB_NAME)
     return result
+
+
+def _continuation_pieces(texts: Sequence[str], normalizer) -> list[str]:
+    """"##c" for every character the trainer can meet in `texts` (after normalising) and
+    every alphabet character, in character order."""
+    raw: set[str] = set()
+    for text in texts:
+        raw.update(text)
+    # the normaliser works character by character (lowercase, strip accents, clean), so
+    # normalising the set of characters gives the characters of the normalised texts
+    chars = set(normalizer.normalize_str("".join(sorted(raw)))) | set(ALPHABET)
+    return ["##" + char for char in sorted(chars) if not char.isspace()]

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.features import ImageFeatures, ShardInfo, StoreMetadata, write_shard
-from pipeline.features.shard import file_sha256
+from pipeline.features.shard import file_sha256, nonfinite_problem
 from pipeline.images import ImageDecodeError, ImageEntry, decode_image
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,13 @@ def extract_images(entries: Sequence[ImageEntry], extractor: Extractor, *, batch
                              "reason": f"detector failed: {type(err).__name__}: {err}".splitlines()[0]})
             return
         for (entry, prepared), r in zip(items, regions):
-            done.append(regions_to_features(entry, prepared, r, feature_dtype))
+            image = regions_to_features(entry, prepared, r, feature_dtype)
+            problem = nonfinite_problem(image, feature_dtype)
+            if problem:  # stored, it would turn a training loss into NaN far from here
+                failures.append({"image": entry.path, "image_id": entry.image_id,
+                                 "reason": f"the detector's output is not finite: {problem}"})
+                continue
+            done.append(image)
 
     read_ahead = max(2 * batch_size, decode_threads + batch_size)
     for entry, prepared in prepared_images(entries, extractor.cfg.input, decode_threads, read_ahead):
@@ -269,16 +275,34 @@ def extract_images(entries: Sequence[ImageEntry], extractor: Extractor, *, batch
 
 
 def extract_shard(index: int, entries: Sequence[ImageEntry], out_dir: str | os.PathLike, extractor: Extractor, *,
-                  batch_size: int = 1, feature_dtype: str = "float16", decode_threads: int = 2) -> ShardResult:
-    """Extract `entries` and write `out_dir/shard-<index>.parquet` (atomically)."""
+                  batch_size: int = 1, feature_dtype: str = "float16", decode_threads: int = 2,
+                  add_to_existing: bool = False) -> ShardResult:
+    """Extract `entries` and write `out_dir/shard-<index>.parquet` (atomically).
+
+    `add_to_existing`: the shard exists and `entries` are images missing from it (they
+    failed before); its rows are kept as they are and the new ones join them in image-id
+    order, the order a first extraction writes, so only the retried images are detected.
+    """
     from pipeline.features import shard_name
 
     t0 = time.perf_counter()
     images, failures = extract_images(entries, extractor, batch_size=batch_size, feature_dtype=feature_dtype,
                                       decode_threads=decode_threads)
+    path = Path(out_dir) / shard_name(index)
+    metadata = extractor.spec.store_metadata(feature_dtype)
+    if add_to_existing:
+        images = sorted(_stored_rows(path, metadata) + images, key=lambda im: im.image_id)
     # written even when every image failed (0 rows): the shard is done and a re-run skips it
-    info = write_shard(Path(out_dir) / shard_name(index), images, extractor.spec.store_metadata(feature_dtype))
+    info = write_shard(path, images, metadata)
     return ShardResult(index, info, len(entries), failures, time.perf_counter() - t0)
+
+
+def _stored_rows(path: Path, metadata: StoreMetadata) -> list[ImageFeatures]:
+    import pyarrow.parquet as pq
+
+    from pipeline.features.shard import rows_from_batch
+
+    return rows_from_batch(pq.read_table(path), metadata)
 
 
 def spec_for_store(metadata: StoreMetadata, store_dir: str | os.PathLike, detector: str | None = None, *,

@@ -176,7 +176,7 @@ def test_unreadable_files_name_the_file(tmp_path):
 
 def test_pickles_with_code_are_refused(tmp_path):
     torch.save({"w": torch.zeros(1), "obj": object()}, tmp_path / "evil.pth")
-    with pytest.raises(CheckpointError, match="weights only"):
+    with pytest.raises(CheckpointError, match="refused: the file contains code"):
         load_pretrained(tmp_path / "evil.pth")
 
 

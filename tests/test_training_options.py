@@ -51,7 +51,7 @@ def test_bad_options_files_name_the_file(tmp_path, text, message):
     assert str(path) in str(err.value)
 
 
-def test_small_recipes_autocast_bf16_only_where_it_is_fast(monkeypatch):
+def test_small_recipes_autocast_bf16_only_where_it_is_fast(monkeypatch, tmp_path):
     from pipeline.finetune.recipe import recipe as finetune_recipe
     from pipeline.pretraining.recipe import recipe as pretrain_recipe
     from pipeline.training import precision
@@ -60,6 +60,7 @@ def test_small_recipes_autocast_bf16_only_where_it_is_fast(monkeypatch):
     for native, speedup, on_cpu in ((True, 4.4, "bf16"), (True, 0.5, "fp32"), (False, 4.4, "fp32")):
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
         monkeypatch.setattr(precision, "cpu_bf16_matmul_speedup", lambda speedup=speedup: speedup)
+        monkeypatch.setenv("LXMERT_PIPELINE_CACHE", str(tmp_path / f"{native}-{speedup}"))   # a fresh machine
         assert precision.fast_precision("cpu") == on_cpu and precision.fast_precision("cuda:0") == "bf16"
         assert pretrain_recipe("demo")["precision"] == on_cpu and finetune_recipe("vqa", 128)["precision"] == on_cpu
         assert pretrain_recipe("base")["precision"] == "fp32" and "precision" not in finetune_recipe("vqa", 768)

@@ -7,7 +7,9 @@
   (Dask's default daemonic processes may not have children), and with torch threads set to
   their share of the cores instead of Dask's OMP_NUM_THREADS=1.
 - `scheduler="tcp://host:8786"`: attach to a running cluster (SLURM via dask-jobqueue,
-  Kubernetes, `dask scheduler` + `dask worker --resources GPU=1`); nothing is started.
+  Kubernetes, `dask scheduler` + `dask worker --resources GPU=1`; docs/cluster.md); nothing
+  is started. Its workers run elsewhere: every path a command hands them is made absolute
+  here first (`absolute`) and must name the same file on every worker.
 - `client=`: an existing client, e.g. `worker_client()` inside a stage of `lxmert-pipeline
   run`'s graph, so the stage's own tasks (shards, DDP ranks) go to the same cluster.
 """
@@ -30,6 +32,15 @@ def quiet_dask_logs() -> None:
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def absolute(path: str | os.PathLike | None, *, only_if_exists: bool = False) -> str | None:
+    """`path` made absolute on this (the submitting) machine, so it means the same on every
+    worker; None stays None. `only_if_exists`: a value naming no local file or folder (a hub
+    name, `random`, `none`) is kept as it is."""
+    if path is None or (only_if_exists and not os.path.exists(path)):
+        return None if path is None else str(path)
+    return os.path.abspath(os.path.expanduser(str(path)))
 
 
 def _gpu_count() -> int:

@@ -22,7 +22,10 @@
     evaluate:                      # run name -> splits (default: the run's validation split)
       vqa: [val2014]
 
-Relative paths are taken from the current directory, as the other commands' flags are. An
+Relative paths are taken from the current directory, as the other commands' flags are, and
+made absolute when the file is read: the stages run on Dask workers that may sit in other
+folders or on other hosts, and every path must be on a filesystem they all mount at the
+same place (docs/cluster.md). An
 unknown key anywhere is an error naming the file and the key: a typo must not silently
 fall back to a default in a run that takes hours.
 """
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from workflows.cluster import absolute
 
 TOP_KEYS = {"data", "out", "device", "workers", "scheduler", "detector", "extract", "pretrain", "finetune",
             "evaluate"}
@@ -147,10 +151,33 @@ def parse_pipeline_config(values: dict[str, Any], source: str = "<config>") -> P
     workers = values.get("workers")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise PipelineError("`workers:` must be a positive integer", source)
-    return PipelineConfig(source=source, data=str(values["data"]), out=str(values["out"]),
+    _absolute_paths(detector, extract, pretrain, finetune)
+    return PipelineConfig(source=source, data=absolute(values["data"]), out=absolute(values["out"]),
                           device=str(values.get("device", "cpu")), workers=workers,
                           scheduler=values.get("scheduler"), detector=detector, extract=extract, pretrain=pretrain,
                           finetune=finetune, evaluate=evaluate)
+
+
+# path keys of each section; MAYBE_PATHS may also hold a keyword or a hub name
+PATHS = {"detector": ("config", "init"), "extract": ("features", "images"), "pretrain": ("answers",),
+         "finetune": ("answers", "init_answers")}
+MAYBE_PATHS = {"extract": ("weights",), "pretrain": ("vocab",), "finetune": ("init", "vocab")}
+
+
+def _absolute_paths(detector, extract, pretrain, finetune) -> None:
+    """Every path of the sections made absolute here, in place: the stages run on workers
+    started in other folders (or on other hosts), where a relative path means another file."""
+    sections = [("detector", detector), ("extract", extract), ("pretrain", pretrain),
+                *(("finetune", section) for section in finetune.values())]
+    for kind, section in sections:
+        if not section:
+            continue
+        for key in PATHS.get(kind, ()):
+            if section.get(key) is not None:
+                section[key] = absolute(section[key])
+        for key in MAYBE_PATHS.get(kind, ()):
+            if section.get(key) is not None and str(section[key]) not in ("pretrain", "none", "random"):
+                section[key] = absolute(section[key], only_if_exists=True)
 
 
 def load_pipeline_config(path: str | os.PathLike) -> PipelineConfig:

@@ -65,6 +65,20 @@ def _executor(cfg: PipelineConfig):
         yield executor
 
 
+def _this_worker():
+    """The executor of a stage that trains in the worker running its node (else here)."""
+    from pipeline.stages.executor import InProcess
+    from workflows.executors import OnThisWorker
+
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return InProcess()
+    return OnThisWorker()
+
+
 # ---- the stages ----------------------------------------------------------------------------
 
 def detector_node(cfg: PipelineConfig) -> str:
@@ -156,9 +170,10 @@ def finetune_node(cfg: PipelineConfig, name: str, store: str, pretrain_run: str 
         log.info("finetune %s: complete, skipped (%s)", name, directory / "final")
         return str(directory)
     with _stage(f"finetune {name}"):
-        # in this worker's process (the default executor): the graph runs its fine-tunings
-        # side by side, one per worker
-        result = finetune(options, directory, layers=({"device": cfg.device, "progress": False}, train),
+        # in this worker's process, on its own GPU: the graph runs its fine-tunings side by
+        # side, one per worker
+        result = finetune(options, directory, _this_worker(), layers=({"device": cfg.device, "progress": False},
+                                                                      train),
                           resume=RunDir(directory).has_run())
     best = result.get("best")
     if best is not None:

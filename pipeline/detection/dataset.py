@@ -184,6 +184,8 @@ class DetectionBatches:
         else:
             flip = False
         rgb = decode_image(example.path)
+        if rgb.shape[:2] == (example.width, example.height) != (example.height, example.width):
+            rgb = decode_image(example.path, upright=False)   # turned by EXIF; annotated in the stored frame
         prepared = prepare_image(rgb, cfg)
         h, w = prepared.tensor.shape[1:]
         # boxes refer to the declared size; a file of another size (it happens in VG) is

@@ -106,7 +106,8 @@ def evaluate_predictions(task: str, answers: Mapping[Hashable, str], data: str |
     if task == "vqa":
         metrics = vqa.vqa_metrics(anns, answers, version=vqa_version)
     elif task == "gqa":
-        metrics = gqa.gqa_metrics(questions, answers, load_json(files.choices) if files.choices else None)
+        metrics = gqa.gqa_metrics(questions, answers, load_json(files.choices) if files.choices else None,
+                                  split=split)
     else:
         metrics = nlvr2.nlvr2_metrics(examples, answers)
 

@@ -79,7 +79,7 @@ def question_scores(questions: Mapping[str, Mapping[str, Any]], predictions: Map
 
 
 def gqa_metrics(questions: Mapping[str, Mapping[str, Any]], predictions: Mapping[str, str],
-                choices: Mapping[str, Mapping[str, list]] | None = None) -> dict[str, Any]:
+                choices: Mapping[str, Mapping[str, list]] | None = None, split: str | None = None) -> dict[str, Any]:
     """All GQA metrics from the questions file, the predictions and (optionally) the choices file.
 
     `questions` is a questions file as loaded from json (`{split}_all_questions.json`, or the
@@ -88,7 +88,9 @@ def gqa_metrics(questions: Mapping[str, Mapping[str, Any]], predictions: Mapping
     (validity and plausibility are then unavailable). A balanced question without a
     prediction counts as wrong, invalid and implausible and adds nothing to the predicted
     histogram (the official script refuses such a file; the caller decides whether to).
+    `split` names the split's files in the notes on unavailable metrics.
     """
+    all_questions = f"{split or '<split>'}_all_questions.json"
     scores: dict[str, list[float]] = {k: [] for k in ("accuracy", "binary", "open", "validity",
                                                      "plausibility", "consistency")}
     breakdowns: dict[str, dict[Any, list[float]]] = {k: defaultdict(list) for k in BREAKDOWNS}
@@ -166,12 +168,12 @@ def gqa_metrics(questions: Mapping[str, Mapping[str, Any]], predictions: Mapping
     if entailed_missing_question:
         result["consistency"] = None
         unavailable["consistency"] = (f"{len(entailed_missing_question)} entailed questions are not in the "
-                                      "questions file (consistency needs {split}_all_questions.json)")
+                                      f"questions file (consistency needs {all_questions})")
     elif entailed_missing_prediction:
         result["consistency"] = None
         unavailable["consistency"] = (f"no prediction for {len(entailed_missing_prediction)} entailed questions "
-                                      "(consistency needs a prediction for every question of "
-                                      "{split}_all_questions.json)")
+                                      f"(consistency needs a prediction for every question of "
+                                      f"{all_questions})")
     elif result["consistency"] is None:
         unavailable["consistency"] = "no correctly answered balanced question has entailed questions"
     if result["distribution"] is None:

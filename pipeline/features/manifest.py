@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 from pipeline.atomic import remove_stale_temporaries, write_json
 from pipeline.errors import PipelineError
 from pipeline.features.schema import FORMAT_VERSION, StoreMetadata
-from pipeline.features.shard import SHARD_GLOB, ShardInfo, file_sha256, read_shard_metadata
+from pipeline.features.integrity import write_stamp
+from pipeline.features.shard import SHARD_GLOB, ShardInfo, file_sha256, nonfinite_rows, read_shard_metadata
 
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
@@ -85,6 +86,7 @@ def finalize_store(directory: str | os.PathLike, metadata: StoreMetadata,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(directory / MANIFEST, manifest)
+    write_stamp(directory, [i.name for i in infos])
     return {**manifest, "image_ids": set(seen)}
 
 
@@ -111,12 +113,16 @@ def read_failures(directory: str | os.PathLike) -> list[dict]:
 
 
 def verify_store(directory: str | os.PathLike) -> list[tuple[str, str]]:
-    """Check every shard against the manifest; returns [(shard name, problem)], empty if all good."""
+    """Check every shard against the manifest (size, sha256, footer, rows), every image id
+    against the other shards, and every row for non-finite boxes and features; returns
+    [(shard name, problem)], empty if all is good. A store found good is stamped verified
+    (integrity.py), so readers need not hash it again."""
     directory = Path(directory)
     manifest = load_manifest(directory)
     expected = StoreMetadata.from_dict(manifest["metadata"])
     problems: list[tuple[str, str]] = []
     listed = {s["name"] for s in manifest["shards"]}
+    owner: dict[str, str] = {}
     for s in manifest["shards"]:
         path = directory / s["name"]
         if not path.is_file():
@@ -137,7 +143,17 @@ def verify_store(directory: str | os.PathLike) -> list[tuple[str, str]]:
             continue
         if rows != s["num_rows"]:
             problems.append((s["name"], f"{rows} rows, manifest says {s['num_rows']}"))
+            continue
+        for image_id in shard_image_ids(path):
+            if image_id in owner:
+                problems.append((s["name"], f"image_id {image_id!r} is also in {owner[image_id]}"))
+            else:
+                owner[image_id] = s["name"]
+        for image_id, problem in nonfinite_rows(path, meta):
+            problems.append((s["name"], f"image {image_id!r}: {problem}"))
     for path in shard_paths(directory):
         if path.name not in listed:
             problems.append((path.name, "shard not listed in manifest.json"))
+    if not problems:
+        write_stamp(directory, sorted(listed))
     return problems

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
+from pipeline.features.integrity import check_checksums
 from pipeline.features.manifest import load_manifest
 from pipeline.features.pages import blob_offsets, list_value_regions
 from pipeline.features.schema import ImageFeatures, StoreMetadata
@@ -48,9 +49,13 @@ class FeatureStore:
 
     `zero_copy=True` (default) reads uncompressed shards straight from the memory map;
     `False` always decodes through PyArrow: the reference path the fast one is tested against.
+    `verify`: "auto" (default) checks every shard's sha256 unless a verification stamp says
+    this file was hashed before; "always" hashes every shard; "never" checks only sizes and
+    footers (pipeline/features/integrity.py).
     """
 
-    def __init__(self, directory: str | os.PathLike, *, cache_row_groups: int = 8, zero_copy: bool = True):
+    def __init__(self, directory: str | os.PathLike, *, cache_row_groups: int = 8, zero_copy: bool = True,
+                 verify: str = "auto"):
         self.directory = Path(directory)
         manifest = load_manifest(self.directory)
         self.metadata = StoreMetadata.from_dict(manifest["metadata"])
@@ -92,6 +97,7 @@ class FeatureStore:
             self._rg_starts.append(np.concatenate([[0], np.cumsum(groups)]).astype(np.int64))
             ids.extend(shard_ids)
             sizes.append(np.stack([table.column(c).to_numpy() for c in ("width", "height", "num_boxes")], 1))
+        check_checksums(self.directory, manifest["shards"], verify)
         self._ids = ids
         self._sizes = np.concatenate(sizes).astype(np.int32) if sizes else np.zeros((0, 3), np.int32)
         self._shard_of = np.repeat(np.arange(len(self._shards), dtype=np.int32),

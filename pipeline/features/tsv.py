@@ -12,6 +12,7 @@ import base64
 import binascii
 import csv
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ from pipeline.atomic import atomic_open
 from pipeline.errors import PipelineError
 from pipeline.features.manifest import append_failures, finalize_store
 from pipeline.features.schema import ImageFeatures, StoreMetadata
-from pipeline.features.shard import shard_name, write_shard
+from pipeline.features.lock import StoreBusy, store_lock
+from pipeline.features.shard import nonfinite_problem, shard_name, write_shard
 from pipeline.features.store import FeatureStore
 
 FIELDNAMES = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
@@ -89,6 +91,9 @@ def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
                 row = next(reader)
             except StopIteration:
                 return
+            except UnicodeDecodeError as err:   # not a line's fault: the whole file is in another encoding
+                raise PipelineError(f"not UTF-8 text ({err.reason}: byte 0x{err.object[err.start]:02x}); a "
+                                    f"features TSV is ASCII", path) from None
             except csv.Error as err:
                 yield reader.line_num, [f"\0csv error: {err}"]
                 continue
@@ -105,9 +110,24 @@ def import_tsv(files: Iterable[str | os.PathLike], out: str | os.PathLike, *, dt
     for f in files:
         if not f.is_file():
             raise PipelineError("no such TSV file", f)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with store_lock(out, "features import-tsv"):
+            return _import_locked(files, out, dtype, shard_size, skip_bad_lines, num_objects, num_attributes,
+                                  detector)
+    except StoreBusy:
+        raise         # the folder is the other run's
+    except PipelineError:
+        if created:   # a failed import leaves no half-made store folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _import_locked(files: list[Path], out: Path, dtype: str, shard_size: int, skip_bad_lines: bool,
+                   num_objects: int, num_attributes: int, detector: str) -> ImportReport:
     if (out / "manifest.json").exists():
         raise PipelineError("already holds a feature store; choose an empty --out directory", out)
-    out.mkdir(parents=True, exist_ok=True)
     report = ImportReport()
     meta: StoreMetadata | None = None
     pending: list[ImageFeatures] = []
@@ -127,6 +147,9 @@ def import_tsv(files: Iterable[str | os.PathLike], out: str | os.PathLike, *, dt
                 img = parse_line(fields, meta.feature_dim if meta else None)
                 if img.image_id in seen:
                     raise BadLine(f"duplicate img_id {img.image_id!r}")
+                problem = nonfinite_problem(img, dtype)
+                if problem:
+                    raise BadLine(f"img_id {img.image_id!r}: {problem}")
             except BadLine as err:
                 where = f"{path}:{line_no}"
                 if not skip_bad_lines:
@@ -165,7 +188,9 @@ def format_line(img: ImageFeatures) -> str:
 
 
 def export_tsv(store_dir: str | os.PathLike, out_file: str | os.PathLike) -> int:
-    store = FeatureStore(store_dir)
+    """Write every image as one TSV line; every shard is hashed first (a copy must not carry
+    a corrupted shard's bytes on as if they were good)."""
+    store = FeatureStore(store_dir, verify="always")
     n = 0
     with atomic_open(out_file, "w", encoding="utf-8", newline="") as fh:
         for img in store.iter_images():

@@ -70,6 +70,9 @@ def _unknown_split(root: DataRoot, task: str, split: str, expected: list[Path]) 
     splits = sorted(set(official) | set(lxmert))
     have = f"available {task} splits: {', '.join(splits)}" if splits else f"no {task} split under {root.root}"
     names = " or ".join(str(p.relative_to(root.root)) for p in expected)
+    if split in splits:   # e.g. VQA annotations without their questions file
+        return PipelineError(f"{task} split {split!r} lacks the file fine-tuning reads: no {names} (its other "
+                             f"files are there)", root.root)
     return PipelineError(f"unknown {task} split {split!r} (no {names}); {have}", root.root)
 
 

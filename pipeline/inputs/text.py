@@ -1,10 +1,12 @@
 """The tokenizer of a run: given by the user, inherited from the checkpoint a run starts
 from, or learnt on the run's own corpus, and always saved with the run.
 
-WordPiece training is not deterministic (docs/reference/ecosystem.md §4), so a vocabulary is
-learnt once and the saved files are what every later stage (resume, fine-tuning from this
-run, evaluation, predict) loads: `RUN/tokenizer/` and a copy in every checkpoint directory,
-which makes `RUN/final/` a self-contained transformers-style directory.
+A learnt vocabulary depends on the corpus alone (the same sentences give the same file in
+every process: `model.tokenizer.train_wordpiece`), so two fresh runs of one command learn
+the same one. It is still learnt once: the saved files are what every later stage (resume,
+fine-tuning from this run, evaluation, predict) loads, so a changed data root or tokenizers
+release cannot change a run's vocabulary under it: `RUN/tokenizer/` and a copy in every
+checkpoint directory, which makes `RUN/final/` a self-contained transformers-style directory.
 """
 
 from __future__ import annotations

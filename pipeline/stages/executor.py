@@ -1,11 +1,14 @@
-"""Where a stage's work runs. A stage asks its executor for two things and knows nothing else:
+"""Where a stage's work runs. A stage asks its executor for these and knows nothing else:
 
     executor.map_shards(work, items, per_worker=..., gpu=..., retries=...)
         -> (index, result) of every item, in the order they finish
     executor.train(task, config, run_path, resume=..., stop_after=...)
         -> rank 0's result of the one training loop
+    executor.world_size(config) -> how many ranks `train` will use (checked and recorded first)
+    executor.check_paths(read=[...], write=[...])
+        -> before any work: whoever runs it sees the inputs and can write the output
 
-`InProcess` does both in the calling process: the plain path, usable from a notebook and
+`InProcess` does it all in the calling process: the plain path, usable from a notebook and
 what the run graph uses for a stage that already has a worker to itself.
 `workflows.executors.DaskExecutor` maps shards over Dask workers (the per-worker resource
 built once per worker) and trains with DistributedDataParallel across them.
@@ -44,6 +47,10 @@ class Executor(Protocol):
     def train(self, task, config, run_path: str, *, resume: bool,
               stop_after: int | None = None) -> dict[str, Any]: ...
 
+    def world_size(self, config) -> int: ...
+
+    def check_paths(self, *, read: Sequence[str] = (), write: Sequence[str] = ()) -> None: ...
+
 
 def train_rank(task, config, run_path: str, rank: int, world_size: int, local_rank: int, init_method: str | None,
                resume: bool, stop_after: int | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
@@ -80,6 +87,12 @@ class InProcess:
                 yield index, result
         finally:
             del resource
+
+    def world_size(self, config) -> int:
+        return 1
+
+    def check_paths(self, *, read: Sequence[str] = (), write: Sequence[str] = ()) -> None:
+        """Nothing to check: the stage has checked its paths in this very process."""
 
     def train(self, task, config, run_path: str, *, resume: bool, stop_after: int | None = None) -> dict[str, Any]:
         return train_rank(task, config, str(run_path), 0, 1, 0, None, resume, stop_after)

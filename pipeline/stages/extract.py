@@ -2,8 +2,10 @@
 
 - Images are found and sorted by image_id (pipeline/images.py) and cut into shards of
   `shard_size`: shard k always holds the same images for the same folder and shard size.
-- Existing shards are checked (same detector metadata, same images) and skipped, so a
-  re-run resumes; only the missing shards go to the executor.
+- One run at a time writes a store (`STORE/.lock`). Existing shards are checked (same
+  detector metadata, same images) and skipped, so a re-run resumes; only the missing
+  shards go to the executor. Images that failed stay out of their shard; `retry_failed`
+  extracts them again and adds them to it.
 - The detector is the executor's per-worker resource: built once per worker, released when
   the map ends. Shard writes are atomic and deterministic, so a shard an executor runs
   twice (a worker lost after writing it) is rewritten with the same bytes and every image
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, UsageError
 from pipeline.extract import Extractor, ExtractorSpec, ShardResult, extract_shard
 from pipeline.images import ImageEntry, discover_images
 from pipeline.stages.executor import InProcess, PerWorker, ShardFailed
@@ -34,23 +36,33 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExtractSummary:
-    images: int
-    extracted: int
-    failed: int
+    """What one run of `extract` asked for and what the store holds of it."""
+
+    images: int                       # images of this run's folder
+    extracted: int                    # of those, stored (by this run or an earlier one)
+    failed: int                       # of those, not stored (reasons in failures.jsonl)
     shards_total: int
     shards_written: int
     shards_skipped: int
     seconds: float
     out_dir: str
     extracted_this_run: int = 0       # images processed by this run's work items (0 on a full resume)
+    retried: int = 0                  # earlier failures this run tried again (--retry-failed)
+    retried_stored: int = 0           # of those, now in the store
 
     @property
     def images_per_second(self) -> float:
         return self.extracted_this_run / self.seconds if self.seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
-        return [f"extract: {self.extracted}/{self.images} images in the store, {self.failed} failed"
-                + (f" (reasons in {Path(self.out_dir) / 'failures.jsonl'})" if self.failed else ""),
+        failures = Path(self.out_dir) / "failures.jsonl"
+        first = f"extract: {self.extracted}/{self.images} images in the store, {self.failed} failed"
+        if self.retried:
+            first += f" ({self.retried} retried, {self.retried_stored} now stored)"
+        if self.failed:
+            first += (f"; reasons in {failures}; after fixing them, re-run with --retry-failed to extract "
+                      f"them again")
+        return [first,
                 f"extract: {self.shards_written} shards written, {self.shards_skipped} already complete "
                 f"(of {self.shards_total}); {self.extracted_this_run} images in {self.seconds:.1f} s "
                 f"= {self.images_per_second:.2f} images/s; store: {self.out_dir}"]
@@ -65,31 +77,57 @@ def detector_key(spec: ExtractorSpec) -> str:
 
 def cut_shards(entries: Sequence[ImageEntry], shard_size: int) -> list[list[ImageEntry]]:
     if shard_size < 1:
-        raise PipelineError(f"--shard-size must be at least 1, got {shard_size}")
+        raise UsageError(f"--shard-size must be at least 1, got {shard_size}")
     return [list(entries[i:i + shard_size]) for i in range(0, len(entries), shard_size)]
 
 
 def extract(images_dir: str, out_dir: str, spec: ExtractorSpec, executor=None, *, shard_size: int = 1000,
             batch_size: int = 1, feature_dtype: str = "float16", decode_threads: int = 2, retries: int = 2,
-            progress: bool = True) -> ExtractSummary:
+            progress: bool = True, retry_failed: bool = False) -> ExtractSummary:
     """Extract every image under `images_dir` into the store `out_dir` with the detector
-    `spec`; `executor` runs the shards (default: one after another in this process)."""
-    from pipeline.atomic import remove_stale_temporaries
-    from pipeline.features import append_failures, finalize_store
+    `spec`; `executor` runs the shards (default: one after another in this process).
+    `retry_failed`: also extract again the images missing from complete shards (they
+    failed in an earlier run), adding them to their shards.
+
+    One run at a time owns `out_dir` (pipeline/features/lock.py): a second one is refused
+    before it touches anything."""
+    from pipeline.features.lock import store_lock
 
     t0 = time.perf_counter()
     if batch_size < 1:
-        raise PipelineError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     entries = discover_images(images_dir)
     if not entries:
         raise PipelineError("no .jpg/.jpeg/.png images found (searched recursively)", images_dir)
     shards = cut_shards(entries, shard_size)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PipelineError("is a file; --out names the feature store's folder", out)
     out.mkdir(parents=True, exist_ok=True)
+    with store_lock(out, "extract"):
+        return _extract_locked(images_dir, entries, shards, out, spec, executor, t0, batch_size=batch_size,
+                               feature_dtype=feature_dtype, decode_threads=decode_threads, retries=retries,
+                               progress=progress, retry_failed=retry_failed)
+
+
+def _extract_locked(images_dir: str, entries: list[ImageEntry], shards: list[list[ImageEntry]], out: Path,
+                    spec: ExtractorSpec, executor, t0: float, *, batch_size: int, feature_dtype: str,
+                    decode_threads: int, retries: int, progress: bool, retry_failed: bool) -> ExtractSummary:
+    from pipeline.atomic import remove_stale_temporaries
+    from pipeline.features import append_failures, finalize_store
+
     remove_stale_temporaries(out)
     metadata = spec.store_metadata(feature_dtype)
-    todo = [i for i, shard in enumerate(shards) if not _shard_complete(out, i, shard, metadata)]
-    skipped = len(shards) - len(todo)
+    # (index, images to extract, add them to the existing shard?)
+    items: list[tuple[int, list[ImageEntry], bool]] = []
+    for i, shard in enumerate(shards):
+        stored = _stored_shard_ids(out, i, shard, metadata)
+        if stored is None:
+            items.append((i, shard, False))
+        elif retry_failed and len(stored) < len(shard):
+            items.append((i, [e for e in shard if e.image_id not in stored], True))
+    retried = [e.image_id for _, shard_entries, add in items if add for e in shard_entries]
+    skipped = len(shards) - sum(1 for *_, add in items if not add)
     if skipped:
         log.info("resuming: %d of %d shards already complete", skipped, len(shards))
     if spec.weights == "random":
@@ -100,17 +138,18 @@ def extract(images_dir: str, out_dir: str, spec: ExtractorSpec, executor=None, *
         log.warning("=" * 72)
 
     written = done_images = 0
-    if todo:
+    if items:
         _check_weights(spec)
+        executor = executor or InProcess()
+        executor.check_paths(read=[images_dir], write=[str(out)])
         work = functools.partial(_extract_one_shard, out_dir=str(out), options={
             "batch_size": batch_size, "feature_dtype": feature_dtype, "decode_threads": decode_threads})
         detector = PerWorker(detector_key(spec), functools.partial(Extractor, spec))
-        bar = _progress(sum(len(shards[i]) for i in todo), progress)
+        bar = _progress(sum(len(e) for _, e, _ in items), progress)
         last_log = time.perf_counter()
         try:
-            for _, result in (executor or InProcess()).map_shards(
-                    work, [(i, shards[i]) for i in todo], per_worker=detector,
-                    gpu=spec.device.startswith("cuda"), retries=retries):
+            for _, result in executor.map_shards(
+                    work, items, per_worker=detector, gpu=spec.device.startswith("cuda"), retries=retries):
                 append_failures(out, result.failures)
                 written += 1
                 done_images += result.num_images
@@ -120,31 +159,34 @@ def extract(images_dir: str, out_dir: str, spec: ExtractorSpec, executor=None, *
                     log.info("extract: %d/%d shards, %d images, %.2f images/s", written + skipped, len(shards),
                              done_images, done_images / (last_log - t0))
         except ShardFailed as failed:
-            raise PipelineError(f"shard {todo[failed.index]} failed after {retries} retries: {failed}",
+            raise PipelineError(f"shard {items[failed.index][0]} failed after {retries} retries: {failed}",
                                 out) from failed.cause
         finally:
             bar.close()
 
     stored = finalize_store(out, metadata)["image_ids"]
-    failures = _rewrite_failures(out, entries, stored)
-    return ExtractSummary(images=len(entries), extracted=len(stored), failed=len(failures),
+    _rewrite_failures(out, entries, stored)
+    ours = sum(1 for e in entries if e.image_id in stored)
+    return ExtractSummary(images=len(entries), extracted=ours, failed=len(entries) - ours,
                           shards_total=len(shards), shards_written=written, shards_skipped=skipped,
-                          seconds=time.perf_counter() - t0, out_dir=str(out), extracted_this_run=done_images)
+                          seconds=time.perf_counter() - t0, out_dir=str(out), extracted_this_run=done_images,
+                          retried=len(retried), retried_stored=sum(1 for i in retried if i in stored))
 
 
-def _extract_one_shard(item: tuple[int, Sequence[ImageEntry]], extractor: Extractor, *, out_dir: str,
+def _extract_one_shard(item: tuple[int, Sequence[ImageEntry], bool], extractor: Extractor, *, out_dir: str,
                        options: dict) -> ShardResult:
-    index, entries = item
-    return extract_shard(index, entries, out_dir, extractor, **options)
+    index, entries, add_to_existing = item
+    return extract_shard(index, entries, out_dir, extractor, add_to_existing=add_to_existing, **options)
 
 
-def _shard_complete(out: Path, index: int, shard: Sequence[ImageEntry], metadata) -> bool:
-    """True when the shard exists and belongs to this run; a foreign shard is an error."""
+def _stored_shard_ids(out: Path, index: int, shard: Sequence[ImageEntry], metadata) -> set[str] | None:
+    """The ids in shard `index` when it exists and belongs to this run (None when it does
+    not exist); a foreign shard is an error."""
     from pipeline.features import read_shard_metadata, shard_image_ids, shard_name
 
     path = out / shard_name(index)
     if not path.is_file():
-        return False
+        return None
     try:
         found, _ = read_shard_metadata(path)
         ids = set(shard_image_ids(path))
@@ -157,21 +199,23 @@ def _shard_complete(out: Path, index: int, shard: Sequence[ImageEntry], metadata
     if not ids <= {e.image_id for e in shard}:
         raise PipelineError("existing shard holds other images than this run assigns to it (different "
                             "--shard-size or image folder?); use a new --out folder", path)
-    return True
+    return ids
 
 
 def _rewrite_failures(out: Path, entries: Sequence[ImageEntry], stored: set[str]) -> list[dict]:
-    """failures.jsonl = one line per image of this folder that is not in the store (latest reason)."""
+    """failures.jsonl = the latest record of each image of this folder that is not in the
+    store. Records are matched by image id, never by path: the same folder spelled another
+    way (relative, absolute, moved) keeps its records."""
     from pipeline.atomic import atomic_open
     from pipeline.features import FAILURES, read_failures
 
-    by_path = {e.path: e for e in entries}
+    ours = {e.image_id for e in entries}
     latest: dict[str, dict] = {}
     for record in read_failures(out):
-        entry = by_path.get(record.get("image"))
-        if entry is not None and entry.image_id not in stored:
-            latest[entry.path] = record
-    records = [latest[p] for p in sorted(latest)]
+        image_id = record.get("image_id") or Path(str(record.get("image", ""))).stem
+        if image_id in ours and image_id not in stored:
+            latest[image_id] = record
+    records = [latest[i] for i in sorted(latest)]
     if records or (out / FAILURES).exists():
         with atomic_open(out / FAILURES, "w", encoding="utf-8") as fh:
             for r in records:

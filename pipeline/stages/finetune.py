@@ -238,5 +238,5 @@ def finetune(options: FinetuneOptions, out: str | os.PathLike, executor=None, *,
     task = prepare_finetune(options, out, resume=resume)
     config = loop_settings(RunDir(out), resume, default_recipe(task), layers)
     result = train_run(task, config, out, executor or InProcess(), resume=resume, record=FINETUNE_RECORD,
-                       stop_after=stop_after)
+                       stop_after=stop_after, inputs=[task.store, task.data, task.tokenizer_dir])
     return {**result, "init": task.record["init"], "best": RunDir(out).best_record()}

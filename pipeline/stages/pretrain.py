@@ -13,6 +13,7 @@ recorded task is rebuilt instead, and only the store is checked against it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -37,6 +38,8 @@ from pipeline.stages.training import loop_settings, open_run, train_run
 from pipeline.training import RunDir
 
 log = logging.getLogger(__name__)
+
+STORE_RECORD = "features_sha256"    # config.yaml: store_fingerprint of the run's feature store
 
 
 def _open_store(features: str | os.PathLike):
@@ -135,8 +138,8 @@ def _write_split(run: RunDir, split: str, entries, sources, tokenizer, answers, 
 
 
 def resumed_task(run: RunDir, features: str | os.PathLike | None = None) -> PretrainTask:
-    """The task recorded in a run's config.yaml; `features` replaces its store (e.g. moved),
-    which must still fit the model."""
+    """The task recorded in a run's config.yaml; `features` may name its store at another
+    path (moved or copied), accepted only when it is the same store (`check_resumed_store`)."""
     record = run.read_config()
     if not isinstance(record, dict) or record.get("task") != "pretrain":
         raise PipelineError("not a pretraining run", run.path / "config.yaml")
@@ -146,10 +149,53 @@ def resumed_task(run: RunDir, features: str | os.PathLike | None = None) -> Pret
         task = PretrainTask.from_description(str(run.path), record["task_options"], answers)
     except (KeyError, TypeError, ValueError) as err:
         raise PipelineError(f"the recorded pretraining task is incomplete ({err})", run.path / "config.yaml") from None
-    if features is not None:
-        task.features = str(Path(features).resolve())
+    task.features = check_resumed_store(run, record, str(Path(features).resolve()) if features else task.features)
     check_store_fits(task.config, _open_store(task.features).metadata, task.features)
     return task
+
+
+def store_fingerprint(features: str | os.PathLike) -> str:
+    """sha256 over a store's metadata and its shards' names, rows and checksums (as its
+    manifest records them): the same for the same store wherever it lies, and different when
+    any shard's bytes differ (the store's reader holds shards to these checksums)."""
+    from pipeline.features import load_manifest
+
+    manifest = load_manifest(features)
+    shards = sorted((s["name"], s["num_rows"], s["sha256"]) for s in manifest["shards"])
+    return hashlib.sha256(json.dumps([manifest["metadata"], shards], sort_keys=True).encode()).hexdigest()
+
+
+def check_resumed_store(run: RunDir, record: dict, features: str) -> str:
+    """`features` when it holds the store the run trained on (at its recorded path or moved);
+    a moved store is recorded in config.yaml as the run's store from now on (the old path in
+    `features_moved`). Anything else is one error line.
+
+    A resumed run must go on with the features it started with: another store would change
+    every step after the checkpoint while config.yaml named the first one."""
+    recorded = record["task_options"]["features"]
+    expected = record.get(STORE_RECORD)
+    if features == recorded:
+        if expected is not None and store_fingerprint(features) != expected:
+            raise PipelineError(f"the feature store at {features} is not the one this run trained on (its shards' "
+                                f"checksums differ from the run's record); pass the run's store with --features",
+                                run.path / "config.yaml")
+        return features
+    if expected is None:   # a run from before the record: the old store itself, if it is still there
+        try:
+            expected = store_fingerprint(recorded)
+        except PipelineError:
+            raise PipelineError(f"--resume with --features {features}, but the run's store {recorded} is gone "
+                                f"and the run records no checksum to compare with; pass the store at {recorded}",
+                                run.path / "config.yaml") from None
+    if store_fingerprint(features) != expected:
+        raise PipelineError(f"--resume with --features {features}, a store other than the run's ({recorded}: "
+                            f"their shards' checksums differ); pass the run's store, or start a new run with "
+                            f"another --out", run.path / "config.yaml")
+    log.info("the run's feature store now lives at %s (was %s): the same shards", features, recorded)
+    moved = list(record.get("features_moved") or []) + [recorded]
+    run.write_config({**record, "task_options": {**record["task_options"], "features": features},
+                      STORE_RECORD: expected, "features_moved": moved})
+    return features
 
 
 def pretrain(features: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, executor=None, *,
@@ -179,7 +225,9 @@ def pretrain(features: str | os.PathLike, data: str | os.PathLike, out: str | os
     task, summary = prepare_pretraining(features, data, out, preset=preset, options=options, vocab=vocab,
                                         answers=answers, resume=resume)
     result = train_run(task, config, out, executor or InProcess(), resume=resume,
-                       record={"data_summary": summary} if summary else None, stop_after=stop_after)
+                       record={"data_summary": summary, STORE_RECORD: store_fingerprint(task.features)}
+                       if summary else None, stop_after=stop_after,
+                       inputs=[task.features, task.run_path])
     return {**result, "summary": summary, "objectives": list(task.options.tasks)}
 
 

@@ -41,7 +41,7 @@ def train_detector(data: str | os.PathLike, out: str | os.PathLike, executor=Non
     log.info("train-detector: %d training and %d held-out images, %d object classes, %d attributes",
              len(dataset.train), len(dataset.val), len(dataset.objects), len(dataset.attributes))
     result = train_run(task, train_config, run.path, executor or InProcess(), resume=resume,
-                       record={"data_summary": stats}, stop_after=stop_after)
+                       record={"data_summary": stats}, stop_after=stop_after, inputs=[data])
     return _write_results(run, result, stats)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from model.errors import refused_pickle, torch_load_reason
 from pipeline.errors import PipelineError
 from pipeline.training.run_dir import RESUME
 
@@ -57,7 +58,8 @@ def load_resume(directory: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise PipelineError("checkpoint has no resume.pt (not a training checkpoint?)", directory) from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise PipelineError(f"cannot load resume state: {err}", path) from None
+        raise PipelineError(refused_pickle(err) or f"cannot load resume state ({torch_load_reason(err)})",
+                            path) from None
 
 
 def load_weights(model: torch.nn.Module, directory: Path) -> None:

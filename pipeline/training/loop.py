@@ -73,6 +73,28 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _inputs_finite_note(batch: Any) -> str:
+    """Whether a non-finite loss came from the data or from the optimisation, from the last batch."""
+    bad: list[str] = []
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(name)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{name}[{i}]")
+
+    walk(batch, "")
+    if bad:
+        return (f"the inputs are not finite: the last batch's {', '.join(bad[:5])} hold NaN or inf (check the "
+                f"feature store with `lxmert-pipeline features verify`)")
+    return "the last batch's inputs were finite (lower --lr, or resume from an earlier checkpoint)"
+
+
 def _loader(dataset: torch.utils.data.Dataset, start: int, config: TrainConfig, seed: int,
             device: torch.device) -> torch.utils.data.DataLoader:
     # the generator keeps the DataLoader from drawing on the global torch RNG (dropout's),
@@ -126,6 +148,8 @@ def train(task: TrainTask, config: TrainConfig, run: RunDir, env: DistEnv = Dist
             run.truncate_metrics(step)
             log.info("resumed %s from %s (step %d of %d)", task.name, ckpt, step, total_steps)
     elif env.is_main and resume:
+        # the lines of the attempt that died before its first checkpoint are redone from step 0
+        run.truncate_metrics(0)
         log.info("no checkpoint in %s yet: starting from step 0", run.path)
 
     task_loss: torch.nn.Module = TaskLoss(task, model)
@@ -231,8 +255,8 @@ def train(task: TrainTask, config: TrainConfig, run: RunDir, env: DistEnv = Dist
                 elapsed = time.perf_counter() - window_start
                 last = means
                 if not math.isfinite(means.get("loss", 0.0)) and config.precision != "fp16":
-                    raise PipelineError(f"{task.name}: the loss became {means['loss']} at step {step} "
-                                        f"(lower --lr, or resume from an earlier checkpoint)", run.path)
+                    raise PipelineError(f"{task.name}: the loss became {means['loss']} at step {step}; "
+                                        f"{_inputs_finite_note(batch)}", run.path)
                 if env.is_main:
                     run.log({"step": step, "epoch": step / steps_per_epoch, "lr": lr, **means,
                              "examples_per_s": window_count * micro * env.world_size / max(elapsed, 1e-9)})

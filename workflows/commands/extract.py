@@ -34,12 +34,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-threads", type=int, default=2, help="image-decoding threads per worker")
     parser.add_argument("--retries", type=int, default=2, help="retries of a shard task that raised")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="extract again the images that failed in an earlier run (after fixing them) and add "
+                             "them to their shards")
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.extract import resolve_spec
     from pipeline.stages.extract import extract
+    from workflows.cluster import absolute
     from workflows.executors import DaskExecutor
+
+    args.images, args.out, args.vocab_dir = absolute(args.images), absolute(args.out), absolute(args.vocab_dir)
+    args.weights = absolute(args.weights, only_if_exists=True)
 
     selection = {"min_boxes": args.min_boxes, "max_boxes": args.max_boxes, "method": args.selection}
     spec = resolve_spec(args.preset, args.weights, device=args.device, autocast=args.autocast,
@@ -47,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     with DaskExecutor(workers=args.workers, scheduler=args.scheduler, device=args.device) as dask:
         summary = extract(args.images, args.out, spec, dask, shard_size=args.shard_size, batch_size=args.batch_size,
                           feature_dtype=args.dtype, decode_threads=args.decode_threads, retries=args.retries,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, retry_failed=args.retry_failed)
     for line in summary.lines():
         print(line, file=sys.stderr)
     return 1 if summary.failed else 0

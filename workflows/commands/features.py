@@ -11,7 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     info = sub.add_parser("info", help="images, shards, detector, dims, dtype, size on disk")
     info.add_argument("store", metavar="DIR")
-    verify = sub.add_parser("verify", help="check every shard against the manifest checksums")
+    verify = sub.add_parser("verify", help="check every shard against the manifest checksums, every image id "
+                                           "against the other shards, and every value for NaN/inf")
     verify.add_argument("store", metavar="DIR")
     imp = sub.add_parser("import-tsv", help="stream bottom-up-attention TSV files into a feature store")
     imp.add_argument("files", metavar="FILE", nargs="+")
@@ -20,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="feature storage dtype (float16 halves the size; float32 keeps every bit)")
     imp.add_argument("--shard-size", type=int, default=1000, metavar="N", help="images per shard")
     imp.add_argument("--skip-bad-lines", action="store_true",
-                     help="skip malformed lines (recorded in failures.jsonl) instead of stopping")
+                     help="skip malformed lines and lines with NaN/inf values (recorded in failures.jsonl) "
+                          "instead of stopping")
     imp.add_argument("--num-objects", type=int, default=1600, help="object label space of the detector")
     imp.add_argument("--num-attributes", type=int, default=400, help="attribute label space of the detector")
     exp = sub.add_parser("export-tsv", help="write a feature store as a bottom-up-attention TSV (float32)")

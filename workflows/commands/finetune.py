@@ -77,6 +77,13 @@ def finetune_options(args: argparse.Namespace, file_options: dict):
     for required in ("features", "data"):
         if not values.get(required):
             raise UsageError(f"--{required} is required (or `{required}:` in the options file's task section)")
+    # absolute here: the run's workers may sit in other folders or on other hosts
+    from workflows.cluster import absolute
+
+    for name in ("features", "data", "answers", "init_answers"):
+        values[name] = absolute(values.get(name))
+    for name in ("init", "vocab"):      # also a keyword (none) or a hub name
+        values[name] = absolute(values.get(name), only_if_exists=True)
     return FinetuneOptions.from_dict(values)
 
 
@@ -84,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.stages.finetune import finetune
     from workflows.commands.training_options import executor, flag_train_settings, read_options_file
 
+    from workflows.cluster import absolute
+
+    args.out = absolute(args.out)
     file_options = read_options_file(args.config)
     options = finetune_options(args, file_options)
     layers = (file_options["train"], flag_train_settings(args))

@@ -60,8 +60,9 @@ def _task_options(args: argparse.Namespace, file_options: dict):
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.stages.pretrain import pretrain
-    from workflows.commands.training_options import executor, flag_train_settings, read_options_file
+    from workflows.commands.training_options import absolute_paths, executor, flag_train_settings, read_options_file
 
+    absolute_paths(args, ("features", "data", "out", "answers"), maybe=("vocab",))
     file_options = read_options_file(args.config)
     options = None if args.resume else _task_options(args, file_options)
     layers = (file_options["train"], flag_train_settings(args))

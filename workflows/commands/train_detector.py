@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.stages.train_detector import train_detector
-    from workflows.commands.training_options import executor, flag_train_settings
+    from workflows.commands.training_options import absolute_paths, executor, flag_train_settings
 
+    absolute_paths(args, ("data", "out", "config", "init"))
     layers = (flag_train_settings(args),)
     with executor(args, layers) as dask:
         results = train_detector(args.data, args.out, dask, preset=args.preset, config=args.config, init=args.init,

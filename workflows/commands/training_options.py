@@ -40,9 +40,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, options_file: boo
     parser.add_argument("--val-every", type=int, help="steps between validations (default: each epoch)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, help="local Dask workers; more than one trains with DDP")
-    where.add_argument("--scheduler", metavar="ADDR", help="use an existing Dask cluster, e.g. tcp://host:8786")
+    parser.add_argument("--workers", type=int, help="local Dask workers, more than one trains with DDP; with "
+                        "--scheduler: at most this many of its workers become ranks")
+    parser.add_argument("--scheduler", metavar="ADDR", help="use an existing Dask cluster, e.g. tcp://host:8786 "
+                        "(paths must name the same files on every worker: docs/cluster.md)")
 
 
 _FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "optimizer", "warmup", "precision", "seed",
@@ -77,6 +78,18 @@ def flag_train_settings(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "no_progress", False):
         flags["progress"] = False
     return flags
+
+
+def absolute_paths(args: argparse.Namespace, names: Sequence[str], maybe: Sequence[str] = ()) -> None:
+    """Make the path flags `names` absolute here, before they travel to workers in other
+    folders or on other hosts; the flags `maybe` only when they name a local file (else a
+    hub name or a keyword such as `none`)."""
+    from workflows.cluster import absolute
+
+    for name in names:
+        setattr(args, name, absolute(getattr(args, name, None)))
+    for name in maybe:
+        setattr(args, name, absolute(getattr(args, name, None), only_if_exists=True))
 
 
 def executor(args: argparse.Namespace, layers: Sequence[dict[str, Any]] = ()):
