@@ -18,7 +18,7 @@ from detector import GeneralizedRCNN, Matcher, preset, subsample_labels
 from detector.boxes import Box2BoxTransform
 from detector.losses import attribute_loss, fast_rcnn_losses, rpn_losses, smooth_l1_loss
 from workflows.cli import main as cli
-from pipeline.detection import (DetectorTrainTask, ImageBoxes, box_map, held_out, load_detection_data, make_task,
+from pipeline.detection import (DetectorTrainingJob, ImageBoxes, box_map, held_out, load_detection_data, make_task,
                                 train_config)
 from pipeline.errors import PipelineError
 from pipeline.training import RunDir, train
@@ -459,7 +459,7 @@ def test_task_pickles_without_its_loaded_data(world):
     task = make_task(world, "synth")
     task.dataset()
     copy = pickle.loads(pickle.dumps(task))
-    assert isinstance(copy, DetectorTrainTask) and copy._loaded is None and copy.detector == task.detector
+    assert isinstance(copy, DetectorTrainingJob) and copy._loaded is None and copy.detector == task.detector
 
 
 @pytest.mark.slow

@@ -137,7 +137,7 @@ def test_validation_measures_how_much_the_model_uses_the_image(task):
     """`*_other_image`: the same sentences and targets shown another image of the batch. The
     validation rows come mostly in runs of one image's sentences; every row must still be
     shown a different image, and a batch of one image has nothing to compare with."""
-    from pipeline.pretraining.task import _other_images
+    from pipeline.pretraining.job import _other_images
 
     val = task.val_data()
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ from pipeline.detection.dataset import (DetectionBatches, DetectionData, Detecti
 from pipeline.detection.labels import LabelSpace
 from pipeline.detection.recipe import (SCHEDULES, make_task, resolve_detector_config, schedule, train_config,
                                        with_validation_steps)
-from pipeline.detection.task import DetectorTrainTask
+from pipeline.detection.job import DetectorTrainingJob
 
 __all__ = ["ImageBoxes", "box_map", "DetectionBatches", "DetectionData", "DetectionExample", "held_out",
            "load_detection_data", "LabelSpace", "SCHEDULES", "make_task", "resolve_detector_config",
-           "schedule", "train_config", "with_validation_steps", "DetectorTrainTask"]
+           "schedule", "train_config", "with_validation_steps", "DetectorTrainingJob"]

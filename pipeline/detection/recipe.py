@@ -1,4 +1,4 @@
-"""From command-line choices to a `DetectorTrainTask` and a `TrainConfig`, checked up front.
+"""From command-line choices to a `DetectorTrainingJob` and a `TrainConfig`, checked up front.
 
 `make_task` resolves the detector config (a preset, optionally overridden by a YAML file of
 DetectorConfig sections), sets its label space from the data root's vocabularies, and
@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.detection.dataset import vg_paths
 from pipeline.detection.labels import LabelSpace
-from pipeline.detection.task import DetectorTrainTask
+from pipeline.detection.job import DetectorTrainingJob
 from pipeline.errors import PipelineError
 from pipeline.training.config import TrainConfig
 
@@ -69,7 +69,7 @@ def resolve_detector_config(preset: str, config_path: str | os.PathLike | None =
 
 
 def make_task(data: str | os.PathLike, preset: str = "synth", *, config_path: str | os.PathLike | None = None,
-              init: str | os.PathLike | None = None, val_fraction: float = 0.1) -> DetectorTrainTask:
+              init: str | os.PathLike | None = None, val_fraction: float = 0.1) -> DetectorTrainingJob:
     from detector.checkpoint import CheckpointError, check_weights, weights_file
 
     paths = vg_paths(data)
@@ -92,7 +92,7 @@ def make_task(data: str | os.PathLike, preset: str = "synth", *, config_path: st
                     f"{len(attributes)} attributes in {paths['attributes_vocab']}) or the {cfg.name} detector: "
                     f"{err.message.split(': ', 1)[-1]}", err.path) from None
             raise PipelineError(str(err)) from None
-    return DetectorTrainTask(data=str(Path(data).resolve()), detector=cfg.to_dict(),
+    return DetectorTrainingJob(data=str(Path(data).resolve()), detector=cfg.to_dict(),
                              init=None if init_path is None else str(init_path.resolve()), val_fraction=val_fraction)
 
 

@@ -1,4 +1,4 @@
-"""VQA, GQA and NLVR2 fine-tuning as `TrainTask`s of the one training loop.
+"""VQA, GQA and NLVR2 fine-tuning as `TrainingJob`s of the one training loop.
 
 `FinetuneTask` is what the three share: the model starts from a `ModelInit`, batches come
 from the feature store and the run's tokenizer, the loss is the model's own (soft-score BCE

@@ -3,7 +3,7 @@
 - `masking.py`: the reference's masking rules, vectorised over a batch.
 - `examples.py`: (image, sentence) pairs of a data root, tokenised and saved in the run.
 - `data.py`: `PretrainingData`, the loop's `BatchSource` (examples + feature store -> batch).
-- `task.py`: `PretrainTask`, the `TrainTask` of the one training loop.
+- `job.py`: `PretrainingJob`, the `TrainingJob` of the one training loop.
 - `options.py`, `recipe.py`: the task's options (reference quirks) and default training settings.
 
 The stage that prepares a run and trains it is `pipeline/stages/pretrain.py`.
@@ -11,6 +11,6 @@ The stage that prepares a run and trains it is `pipeline/stages/pretrain.py`.
 
 from pipeline.pretraining.options import TASKS, PretrainOptions
 from pipeline.pretraining.recipe import recipe
-from pipeline.pretraining.task import PretrainTask
+from pipeline.pretraining.job import PretrainingJob
 
-__all__ = ["TASKS", "PretrainOptions", "PretrainTask", "recipe"]
+__all__ = ["TASKS", "PretrainOptions", "PretrainingJob", "recipe"]

@@ -31,7 +31,7 @@ from pipeline.pretraining.examples import (ExampleCounts, answer_table, build_ex
                                            usable_entries)
 from pipeline.pretraining.options import PretrainOptions
 from pipeline.pretraining.recipe import recipe
-from pipeline.pretraining.task import ANSWERS, DATA_DIR, PretrainTask
+from pipeline.pretraining.job import ANSWERS, DATA_DIR, PretrainingJob
 from pipeline.readers.answers import AnswerVocab
 from pipeline.stages.executor import InProcess
 from pipeline.stages.training import loop_settings, open_run, train_run
@@ -50,7 +50,7 @@ def _open_store(features: str | os.PathLike):
 def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
                         preset: str = "base", options: PretrainOptions | None = None,
                         vocab: str | os.PathLike | None = None, answers: str | os.PathLike | None = None,
-                        resume: bool = False) -> tuple[PretrainTask, dict[str, Any]]:
+                        resume: bool = False) -> tuple[PretrainingJob, dict[str, Any]]:
     """The task to train and a summary of its data (for config.yaml and the user)."""
     run = open_run(out, resume)
     if resume and run.has_run():
@@ -115,7 +115,7 @@ def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, ou
     config = _model_config(meta, preset, options, vocab_size=tokenizer.vocab_size, **qa)
     check_store_fits(config, meta, features)
     specials = {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
-    task = PretrainTask(run_path=str(run.path), features=features, data=data, preset=preset,
+    task = PretrainingJob(run_path=str(run.path), features=features, data=data, preset=preset,
                         model_config=config.to_dict(), special_ids=specials, options=options)
     return task, summary
 
@@ -137,7 +137,7 @@ def _write_split(run: RunDir, split: str, entries, sources, tokenizer, answers, 
     return counts.to_dict()
 
 
-def resumed_task(run: RunDir, features: str | os.PathLike | None = None) -> PretrainTask:
+def resumed_task(run: RunDir, features: str | os.PathLike | None = None) -> PretrainingJob:
     """The task recorded in a run's config.yaml; `features` may name its store at another
     path (moved or copied), accepted only when it is the same store (`check_resumed_store`)."""
     record = run.read_config()
@@ -146,7 +146,7 @@ def resumed_task(run: RunDir, features: str | os.PathLike | None = None) -> Pret
     answers_path = run.path / ANSWERS
     answers = json.loads(answers_path.read_text(encoding="utf-8")) if answers_path.is_file() else None
     try:
-        task = PretrainTask.from_description(str(run.path), record["task_options"], answers)
+        task = PretrainingJob.from_description(str(run.path), record["task_options"], answers)
     except (KeyError, TypeError, ValueError) as err:
         raise PipelineError(f"the recorded pretraining task is incomplete ({err})", run.path / "config.yaml") from None
     task.features = check_resumed_store(run, record, str(Path(features).resolve()) if features else task.features)

@@ -7,7 +7,7 @@ from pipeline.training.optim import BertAdam, build_optimizer
 from pipeline.training.prepare import prepare_run
 from pipeline.training.run_dir import RunDir
 from pipeline.training.schedule import warmup_linear, warmup_linear_schedule
-from pipeline.training.task import BatchSource, TrainTask
+from pipeline.training.job import BatchSource, TrainingJob
 
-__all__ = ["BatchSource", "BertAdam", "DistEnv", "RunDir", "TrainConfig", "TrainResult", "TrainTask",
+__all__ = ["BatchSource", "BertAdam", "DistEnv", "RunDir", "TrainConfig", "TrainResult", "TrainingJob",
            "build_optimizer", "prepare_run", "train", "warmup_linear", "warmup_linear_schedule"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.training.task import BatchSource
+from pipeline.training.job import BatchSource
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:

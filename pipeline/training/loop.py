@@ -4,7 +4,7 @@ Read top to bottom: set up (seed, model, data, optimiser, schedule, resume), the
 optimiser step: `grad_accum` micro-batches of forward/backward under autocast, clip, step,
 schedule; every `log_every` steps a metrics line; validation and checkpoints when due;
 finally RUN/final/ (and RUN/best/, the best validation so far, when the config names a
-`best_metric`). Task differences live in the `TrainTask` (task.py); distribution is
+`best_metric`). What differs per job lives in the `TrainingJob` (job.py); distribution is
 `DistEnv` plus a DDP wrapper; mixed precision is one autocast context and a GradScaler.
 """
 
@@ -30,7 +30,7 @@ from pipeline.training.distributed import DistEnv, all_reduce_mean, barrier
 from pipeline.training.optim import build_optimizer
 from pipeline.training.run_dir import RunDir
 from pipeline.training.schedule import warmup_linear_schedule
-from pipeline.training.task import TrainTask
+from pipeline.training.job import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class TaskLoss(torch.nn.Module):
     it needs to see.
     """
 
-    def __init__(self, task: TrainTask, model: torch.nn.Module):
+    def __init__(self, task: TrainingJob, model: torch.nn.Module):
         super().__init__()
         self.task, self.model = task, model
 
@@ -105,7 +105,7 @@ def _loader(dataset: torch.utils.data.Dataset, start: int, config: TrainConfig, 
         persistent_workers=False, prefetch_factor=4 if config.num_workers else None)
 
 
-def train(task: TrainTask, config: TrainConfig, run: RunDir, env: DistEnv = DistEnv(), *,
+def train(task: TrainingJob, config: TrainConfig, run: RunDir, env: DistEnv = DistEnv(), *,
           resume: bool = False, stop_after: int | None = None) -> TrainResult:
     """Train `task`; rank 0 writes to `run`. `stop_after` ends early (as a kill would) for tests."""
     device = env.torch_device

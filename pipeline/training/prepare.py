@@ -8,10 +8,10 @@ from typing import Any
 from pipeline.errors import PipelineError
 from pipeline.training.config import TrainConfig
 from pipeline.training.run_dir import RunDir
-from pipeline.training.task import TrainTask
+from pipeline.training.job import TrainingJob
 
 
-def prepare_run(run: RunDir, task: TrainTask, config: TrainConfig, *, resume: bool,
+def prepare_run(run: RunDir, task: TrainingJob, config: TrainConfig, *, resume: bool,
                 extra: dict[str, Any] | None = None) -> None:
     """Check the output directory and write config.yaml (everything needed to reproduce the run)."""
     import platform

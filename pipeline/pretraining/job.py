@@ -1,4 +1,4 @@
-"""`PretrainTask`: LXMERT's five pretraining tasks as a `TrainTask` of the one training loop.
+"""`PretrainingJob`: LXMERT's five pretraining tasks as a `TrainingJob` of the one training loop.
 
 The task is small and picklable (paths, options, the model config): it is shipped to every
 Dask worker, which memory-maps the run's prepared examples and the feature store itself.
@@ -37,7 +37,7 @@ DATA_DIR = "data"
 
 
 @dataclass
-class PretrainTask:
+class PretrainingJob:
     run_path: str
     features: str
     data: str
@@ -162,7 +162,7 @@ class PretrainTask:
                 "special_ids": dict(self.special_ids)}
 
     @classmethod
-    def from_description(cls, run_path: str, described: dict[str, Any], answers: list[str]) -> "PretrainTask":
+    def from_description(cls, run_path: str, described: dict[str, Any], answers: list[str]) -> "PretrainingJob":
         """The task of an existing run (config.yaml's `task_options`), for --resume."""
         model = dict(described["model"], answers=answers)
         return cls(run_path=str(run_path), features=described["features"], data=described["data"],

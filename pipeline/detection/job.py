@@ -1,4 +1,4 @@
-"""`DetectorTrainTask`: detector training as a task of the one training loop.
+"""`DetectorTrainingJob`: detector training as a task of the one training loop.
 
 The loop (pipeline/training/loop.py) does everything generic: batches, optimiser, schedule,
 checkpoints, resume, DDP, metrics.jsonl. This task says how: the model is a
@@ -33,7 +33,7 @@ TASK_NAME = "train-detector"
 
 
 @dataclass
-class DetectorTrainTask:
+class DetectorTrainingJob:
     data: str                               # data root with vg/ and images/
     detector: dict                          # full DetectorConfig dict, label space = the data's vocab
     init: str | None = None                 # weights to start from (any format detector/checkpoint.py reads)
@@ -56,7 +56,7 @@ class DetectorTrainTask:
             self._loaded = load_detection_data(self.data, val_fraction=self.val_fraction)
         return self._loaded
 
-    # -- the TrainTask protocol ------------------------------------------------------------
+    # -- the TrainingJob protocol ------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
         from detector.checkpoint import CheckpointError, load_weights
         from detector.rcnn import GeneralizedRCNN

@@ -1,10 +1,10 @@
-"""What a training task supplies to the one training loop (`loop.train`).
+"""What a training job supplies to the one training loop (`loop.train`).
 
-Pretraining, VQA/GQA/NLVR2 fine-tuning and detector training differ only here. A task is a
+Pretraining, VQA/GQA/NLVR2 fine-tuning and detector training differ only here. A job is a
 small picklable object (it is shipped to every Dask worker, so it holds paths and options and
 builds heavy things in its methods).
 
-Data: a task's training data is a `BatchSource`: `len()` examples and
+Data: a job's training data is a `BatchSource`: `len()` examples and
 `make_batch(indices, rng, epoch) -> dict` that reads and collates those examples *as one
 batch* (vectorised masking etc.). The loop decides which indices form each batch (a seeded
 permutation per epoch, split by rank and accumulation step) and passes a numpy Generator
@@ -30,7 +30,7 @@ class BatchSource(Protocol):
 
 
 @runtime_checkable
-class TrainTask(Protocol):
+class TrainingJob(Protocol):
     name: str
     # DDP option: True when some parameters get no gradient in some steps (e.g. the QA head
     # before `qa_from_epoch`).
