@@ -1,0 +1,102 @@
+"""What a benchmark ran on, printed beside its times: CPU model, cores, torch threads, load.
+
+On a shared machine absolute times move with other people's work, so each benchmark also
+measures the matmul peak in the same run (`gemm_peak_gflops`): achieved GFLOP/s as a fraction
+of that peak, and ratios between variants timed in the same run, are what compare across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_matrix_flags() -> str:
+    """The CPU features bf16 matmuls depend on (no avx512_bf16/amx: bf16 is emulated and slow)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+                    return ",".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def machine_line() -> str:
+    """One '# ...' line: CPU model and flags, logical CPUs, torch threads, load average now."""
+    import torch
+
+    return (f"# cpu: {cpu_model()} ({cpu_matrix_flags()}), {os.cpu_count()} logical cpus, "
+            f"torch {torch.__version__} threads {torch.get_num_threads()}, load average {load_average()} (1/5/15 min)")
+
+
+def gemm_peak_gflops(dtype, device: str = "cpu", n: int = 2048, seconds: float = 1.5) -> float:
+    """Best achieved GFLOP/s of an n x n x n matmul in `dtype` at the current torch thread count.
+
+    Best, not median: the peak is the ceiling the machine reaches while others share it, and a
+    variant's fraction of it says how much of the matrix units that variant's work keeps busy.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    a @ b  # warm-up: kernel selection, page faults
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    reps = 0
+    while reps < 3 or time.perf_counter() < deadline:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+    return 2 * n ** 3 / best / 1e9
+
+
+class MatmulPeak:
+    """The best GEMM GFLOP/s seen per precision over this run's measurements.
+
+    Measured at the start and again before each table: under other people's load a single
+    measurement can land in a busy moment and make a variant look faster than the peak; the
+    best of several is the closest to what the matrix units can do while the run lasts.
+    """
+
+    def __init__(self, dtypes: dict, device: str = "cpu"):
+        self.dtypes, self.device = dtypes, device
+        self.samples: dict[str, list[float]] = {name: [] for name in dtypes}
+        self.measure()
+
+    def measure(self) -> None:
+        for name, dtype in self.dtypes.items():
+            self.samples[name].append(gemm_peak_gflops(dtype, self.device))
+
+    def __getitem__(self, name: str) -> float:
+        return max(self.samples[name])
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {self[name]:.1f} GFLOP/s (measurements: "
+                         f"{' '.join(f'{v:.0f}' for v in values)})" for name, values in self.samples.items())
