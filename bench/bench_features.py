@@ -45,7 +45,7 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from machine_info import cpu_model, load_average  # noqa: E402
+from machine_info import cpu_model, drop_page_cache, files_under, load_average  # noqa: E402
 
 FIELDNAMES = ["img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
               "num_boxes", "boxes", "features"]
@@ -64,23 +64,6 @@ def anon_mb() -> float:
 
 
 # --- the page cache: drop it, and check what is resident ---------------------------------
-def files_under(path: str | Path) -> list[Path]:
-    path = Path(path)
-    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-
-
-def drop_page_cache(path: str | Path) -> None:
-    """Evict every file under `path` from the page cache (written pages are flushed first:
-    DONTNEED only drops clean pages)."""
-    for f in files_under(path):
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)

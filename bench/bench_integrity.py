@@ -31,23 +31,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from machine_info import cpu_model, load_average  # noqa: E402
+from machine_info import cpu_model, drop_page_cache, load_average  # noqa: E402
 
 from pipeline.features import (FeatureStore, ImageFeatures, StoreMetadata, finalize_store,  # noqa: E402
                                shard_name, write_shard)
 from pipeline.features.integrity import RACY_NS, VERIFIED  # noqa: E402
 
 SHARD_ROWS = 1000
-
-
-def drop_page_cache(directory: Path) -> None:
-    for f in sorted(directory.glob("shard-*.parquet")):
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def build_store(directory: Path, images: int, dim: int, boxes: int) -> None:

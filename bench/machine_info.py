@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
 
 
 def cpu_model() -> str:
@@ -100,3 +101,20 @@ class MatmulPeak:
     def describe(self) -> str:
         return ", ".join(f"{name} {self[name]:.1f} GFLOP/s (measurements: "
                          f"{' '.join(f'{v:.0f}' for v in values)})" for name, values in self.samples.items())
+
+
+def files_under(path: str | Path) -> list[Path]:
+    path = Path(path)
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+
+
+def drop_page_cache(path: str | Path) -> None:
+    """Evict every file under `path` from the page cache (written pages are flushed first:
+    DONTNEED only drops clean pages)."""
+    for f in files_under(path):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
