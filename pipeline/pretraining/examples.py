@@ -164,10 +164,19 @@ def usable_entries(entries: Sequence[PretrainEntry], in_store: Callable[[str], b
     return kept, counts
 
 
-def _answer_ids(label: dict[str, float], answers: AnswerVocab) -> dict[int, float]:
+def _answer_ids(label: dict[str, float], answers: AnswerVocab,
+                known: dict[str, int | None] | None = None) -> dict[int, float]:
+    """answer id -> best score of `label`'s answers in `answers`; `known` memoises
+    convert_ans + lookup per raw answer string (a corpus repeats a few thousand answers
+    millions of times)."""
     out: dict[int, float] = {}
     for ans, score in label.items():
-        k = answers.label(convert_ans(ans))
+        if known is None:
+            k = answers.label(convert_ans(ans))
+        else:
+            k = known.get(ans, -1)
+            if k == -1:
+                k = known[ans] = answers.label(convert_ans(ans))
         if k is not None:
             out[k] = max(out.get(k, 0.0), float(score))
     return out
@@ -184,26 +193,32 @@ def build_examples(entries: Sequence[PretrainEntry], sources: Sequence[str], tok
     label_answer: list[int] = []
     label_score: list[float] = []
     code = {s: i for i, s in enumerate(sources)}
+    known: dict[str, int | None] = {}
     for e in entries:
         img = len(image_ids)
         image_ids.append(e.image_id)
         for src in sources:
             sentences = e.sentf.get(src, ())
+            if not sentences:
+                continue
+            n = len(sentences)
             labels = e.labelf.get(src)
-            for k, text in enumerate(sentences):
-                texts.append(text)
-                image_index.append(img)
-                source.append(code[src])
-                if labels is not None and answers is not None:
-                    ids = _answer_ids(labels[k], answers)
-                    if ids:
-                        label_answer.extend(ids)
-                        label_score.extend(ids.values())
-                        counts.qa_examples += 1
-                    else:
-                        counts.qa_without_answer += 1
+            texts.extend(sentences)
+            image_index.extend([img] * n)
+            source.extend([code[src]] * n)
+            counts.by_source[src] = counts.by_source.get(src, 0) + n
+            if labels is None or answers is None:   # captions: no label, one CSR row each
+                label_start.extend([len(label_answer)] * n)
+                continue
+            for k in range(n):
+                ids = _answer_ids(labels[k], answers, known)
+                if ids:
+                    label_answer.extend(ids)
+                    label_score.extend(ids.values())
+                    counts.qa_examples += 1
+                else:
+                    counts.qa_without_answer += 1
                 label_start.append(len(label_answer))
-                counts.by_source[src] = counts.by_source.get(src, 0) + 1
     counts.examples, counts.images = len(texts), len(image_ids)
     vocab_dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
     input_ids = np.zeros((len(texts), tokenizer.max_seq_length), vocab_dtype)

@@ -42,10 +42,16 @@ def mask_objects(features: np.ndarray, box_valid: np.ndarray, rng: np.random.Gen
     out[chosen & (kind < 0.8)] = 0
     swap = np.argwhere(chosen & (kind >= 0.8) & (kind < 0.9))
     if len(swap):
-        real = np.argwhere(box_valid)
+        real = np.argwhere(box_valid)   # row-major: image i's real boxes are one run of `real`
+        per_image = box_valid.sum(1)
+        first = np.concatenate([[0], np.cumsum(per_image)])
         for i, j in swap:
-            others = real[real[:, 0] != i] if b > 1 else real
-            src = others[rng.integers(len(others))]
+            if b > 1:
+                # the k-th real box of another image, without building that list per swap
+                k = int(rng.integers(int(len(real) - per_image[i])))
+                src = real[k if k < first[i] else k + per_image[i]]
+            else:
+                src = real[rng.integers(len(real))]
             out[i, j] = features[src[0], src[1]]
     return out, chosen.astype(np.float32)
 

@@ -63,18 +63,33 @@ def _isinstance(value: Any, types: type | tuple[type, ...]) -> bool:
 
 
 class Where:
-    """A position inside one file: `Where(path)["annotations"][12]` knows it is `annotations[12]`."""
+    """A position inside one file: `Where(path)["annotations"][12]` knows it is `annotations[12]`.
 
-    __slots__ = ("file", "keys")
+    A reader makes one per list item and dict key it checks (millions for a pretraining
+    corpus), so a child shares its parent's `Path` and spells its key path only when an
+    error asks for it.
+    """
+
+    __slots__ = ("file", "_parent", "_key")
 
     def __init__(self, file: str | os.PathLike, keys: str = ""):
         self.file = Path(file)
-        self.keys = keys
+        self._parent: Where | None = None
+        self._key: str | int = keys
+
+    @property
+    def keys(self) -> str:
+        if self._parent is None:
+            return self._key  # type: ignore[return-value]
+        parent = self._parent.keys
+        if isinstance(self._key, int):
+            return f"{parent}[{self._key}]"
+        return f"{parent}.{self._key}" if parent else str(self._key)
 
     def __getitem__(self, key: str | int) -> "Where":
-        if isinstance(key, int):
-            return Where(self.file, f"{self.keys}[{key}]")
-        return Where(self.file, f"{self.keys}.{key}" if self.keys else str(key))
+        child = Where.__new__(Where)
+        child.file, child._parent, child._key = self.file, self, key if isinstance(key, int) else str(key)
+        return child
 
     def error(self, message: str) -> PipelineError:
         where = f"{self.keys}: " if self.keys else ""
