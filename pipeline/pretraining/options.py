@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.configuration_lxmert import REFERENCE_VISUAL_LOSS_NORMALIZER, VISUAL_LABEL_LOSS_SCOPES
-from pipeline.training.config import unknown_fields
+from pipeline.training.config import require_known_fields
 
 # the pretraining losses, named as the model's `loss_per_task`
 TASKS = ("mlm", "matched", "obj", "attr", "feat", "qa")
@@ -115,10 +115,7 @@ class PretrainOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PretrainOptions":
-        unknown = unknown_fields(cls, values)
-        if unknown:
-            known = sorted(f.name for f in dataclasses.fields(cls))
-            raise ValueError(f"unknown pretraining options {unknown}; known: {known}")
+        require_known_fields(cls, values, "pretraining")
         return cls(**values)
 
     def replace(self, **changes: Any) -> "PretrainOptions":

@@ -41,7 +41,7 @@ from pipeline.readers.answers import AnswerVocab
 from pipeline.stages.executor import InProcess
 from pipeline.stages.training import loop_settings, open_run, train_run
 from pipeline.training import RunDir
-from pipeline.training.config import unknown_fields
+from pipeline.training.config import require_known_fields
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,10 @@ class FinetuneOptions:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FinetuneOptions":
-        unknown = unknown_fields(cls, values)
-        if unknown:
-            known = sorted(f.name for f in dataclasses.fields(cls))
-            raise UsageError(f"unknown fine-tuning options {unknown}; known: {known}")
+        try:
+            require_known_fields(cls, values, "fine-tuning")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         try:
             return cls(**values)
         except TypeError as err:

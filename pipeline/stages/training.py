@@ -13,6 +13,7 @@ run can be extended with more steps).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -96,9 +97,5 @@ def check_same_run(run: RunDir, task, config: TrainConfig) -> None:
 
 
 def plain(value: Any) -> Any:
-    """What the value reads back as from YAML (tuples -> lists), for comparisons and records."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+    """What the value reads back as from config.yaml (tuples -> lists), for comparisons and records."""
+    return json.loads(json.dumps(value, default=str))

@@ -96,6 +96,14 @@ class TrainConfig:
             raise UsageError(f"training options: {err}") from None
 
 
+def require_known_fields(cls, values: dict[str, Any], what: str) -> None:
+    """ValueError naming the unknown keys of `values` and the known ones (`what`: whose options)."""
+    unknown = unknown_fields(cls, values)
+    if unknown:
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        raise ValueError(f"unknown {what} options {unknown}; known: {known}")
+
+
 def unknown_fields(cls, values: dict[str, Any]) -> list[str]:
     """Keys of `values` that are not fields of the dataclass `cls` (a typo in a config file
     must be an error, not a silently ignored setting)."""
