@@ -16,13 +16,22 @@ the same thread count, at the start and before each table; the best measurement 
 a shared machine only the ratios and the fractions of peak compare across runs; the load
 average is printed at the start and the end.
 
-    python bench/bench_model.py --batch 8 --rounds 5 [--threads 2] [--device cpu|cuda] [--compile]
+    python bench/bench_model.py --batch 8,32 --rounds 5 [--threads 2] [--json rows.json]
+    python bench/bench_model.py --device cuda --batch 64,256 [--compile] --json rows.json
+
+On a CPU each table is followed by one profiled step of our bf16 variant: the share of the
+matmuls (and their own fraction of peak), of copies and of dropout's random numbers, which is
+where the distance between a step and the GEMM peak goes. QA inference also times our model
+with its Linear weights cast to bf16 once (`cast_linear_weights`, what predict does under bf16)
+instead of by autocast on every call.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import json
 import statistics
 import sys
 import time
@@ -33,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from machine_info import MatmulPeak, load_average, machine_line  # noqa: E402
+from machine_info import MatmulPeak, device_line, load_average, machine_line, nominal_peak_tflops  # noqa: E402
 from model import LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering  # noqa: E402
 
 
@@ -140,59 +149,102 @@ def measure(variants: dict, rounds: int, warmup: int, device: str) -> dict[str, 
 
 
 TRANSFORMERS_AT = {"fp32": "transformers fp32", "bf16": "transformers bf16 autocast"}
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward"}
+COPY_OPS = {"aten::copy_", "aten::cat"}
+RANDOM_OPS = {"aten::bernoulli_", "aten::uniform_"}
 
 
-def report(title: str, times: dict[str, list[float]], flops: dict[str, int], peaks: MatmulPeak,
-           batch: int) -> None:
+def report(title: str, workload: str, times: dict[str, list[float]], flops: dict[str, int], peaks: MatmulPeak,
+           batch: int, device: str, rows: list[dict]) -> None:
     """One row per variant, against transformers at the same precision and against the GEMM peak
-    (measured again here; the best of the run's measurements is used).
+    (measured again here; the best of the run's measurements is used); on a GPU with a known
+    data-sheet peak also the model FLOPs utilisation (MFU: counted FLOPs / time / bf16 peak).
 
     Rates and ratios use each variant's fastest round: on a machine shared with other work a
     slow round measures the others' load, and the fastest is the least disturbed; the median
     is printed beside it so the spread shows.
     """
     peaks.measure()
+    nominal = nominal_peak_tflops(device)
     best = {name: min(values) for name, values in times.items()}
     rounds = len(next(iter(times.values())))
     print(f"\n{title} (batch {batch}; {rounds} interleaved rounds; load average {load_average()})")
     print(f"matmul peak, best of this run's measurements: {peaks.describe()}")
-    print(f"{'variant':<28}{'best s':>8}{'median s':>9}{'GFLOP/step':>11}{'GFLOP/s':>9}{'of peak':>8}"
-          f"{'vs transformers same precision':>32}")
+    print(f"{'variant':<34}{'best s':>8}{'median s':>9}{'ex/s':>9}{'GFLOP/step':>11}{'GFLOP/s':>9}{'of peak':>8}"
+          + (f"{'MFU':>7}" if nominal else "") + f"{'vs transformers same precision':>32}")
+    base = best.get("transformers fp32")
     for name, seconds in best.items():
         precision = "bf16" if "bf16" in name else "fp32"
         rate = flops[name] / seconds / 1e9
         twin = TRANSFORMERS_AT[precision] if not name.startswith("transformers") else None
         versus = (f"{best[twin] / seconds:.2f}x" if twin in best else "-")
-        print(f"{name:<28}{seconds:>8.3f}{statistics.median(times[name]):>9.3f}{flops[name] / 1e9:>11.1f}"
-              f"{rate:>9.1f}{rate / peaks[precision]:>8.1%} {versus:>31}")
-    base = best.get("transformers fp32")
+        mfu = rate / (nominal["bf16"] * 1e3) if nominal else None
+        print(f"{name:<34}{seconds:>8.3f}{statistics.median(times[name]):>9.3f}{batch / seconds:>9.1f}"
+              f"{flops[name] / 1e9:>11.1f}{rate:>9.1f}{rate / peaks[precision]:>8.1%}"
+              + (f"{mfu:>7.1%}" if mfu is not None else "") + f" {versus:>31}")
+        rows.append(dict(workload=workload, batch=batch, variant=name, device=device, best_s=seconds,
+                         median_s=statistics.median(times[name]), examples_per_s=batch / seconds,
+                         gflop_per_step=flops[name] / 1e9, gflop_per_s=rate,
+                         fraction_of_peak=rate / peaks[precision], peak_gflop_per_s=peaks[precision], mfu=mfu,
+                         vs_transformers_fp32=(base / seconds) if base else None, load_average=load_average()))
     if base is not None:
         others = ", ".join(f"{name} {base / seconds:.2f}x" for name, seconds in best.items()
                            if name != "transformers fp32")
         print(f"speed vs transformers fp32 (best rounds): {others}")
 
 
+def where_the_time_goes(name: str, step, flops: int, peaks: MatmulPeak) -> None:
+    """One profiled step of a variant (CPU): the share of matmuls (and their own GFLOP/s and
+    fraction of peak: the ceiling of the whole step were everything else free), copies (dtype
+    casts, concatenations, layout), dropout's random numbers, and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    shares = {"matmul": 0.0, "copies": 0.0, "random numbers": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        group = ("matmul" if event.key in MATMUL_OPS else "copies" if event.key in COPY_OPS
+                 else "random numbers" if event.key in RANDOM_OPS else "other")
+        shares[group] += event.self_cpu_time_total / 1e6
+    total = sum(shares.values())
+    precision = "bf16" if "bf16" in name else "fp32"
+    matmul_rate = flops / shares["matmul"] / 1e9
+    print(f"where the time of '{name}' goes (torch.profiler, one step, {total:.3f} s profiled): "
+          + ", ".join(f"{group} {seconds / total:.0%}" for group, seconds in shares.items())
+          + f"; the matmuls alone run at {matmul_rate:.0f} GFLOP/s = {matmul_rate / peaks[precision]:.0%} of the "
+          f"{precision} peak (the step's ceiling if all else were free)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[8])
+    parser.add_argument("--batch", type=lambda text: [int(b) for b in text.split(",")], default=[8],
+                        help="batch sizes, comma-separated (e.g. 8,32; on a GPU 64,256)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours, bf16)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "qa"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "qa", "transformers"])
+    parser.add_argument("--json", help="write every row (and the machine) to this JSON file")
     args = parser.parse_args()
     import transformers
 
     torch.set_num_threads(args.threads)
     device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("bench_model: --device cuda, but torch sees no CUDA device")
     _count_cpu_sdpa()
     print(machine_line())
+    if device.startswith("cuda"):
+        print(device_line(device))
     print(f"# transformers {transformers.__version__}, device {device}")
     peaks = MatmulPeak({"fp32": torch.float32, "bf16": torch.bfloat16}, device)
-    print(f"# matmul peak at the start (2048^3 GEMM, best of >=1.5 s, {torch.get_num_threads()} threads): "
+    print(f"# matmul peak at the start (square GEMM, best of >=1.5 s, {torch.get_num_threads()} threads): "
           f"{peaks.describe()}")
     config = LxmertConfig.preset("base")
+    with_transformers = "transformers" not in args.skip
 
     torch.manual_seed(0)
     ours = LxmertForPreTraining(config).to(device).train()
@@ -200,9 +252,11 @@ def main() -> None:
     theirs.load_state_dict(ours.state_dict())
     qa_config = config.replace(num_qa_labels=3129)
     ours_qa = LxmertForQuestionAnswering(qa_config).to(device).eval()
+    ours_qa_cast = copy.deepcopy(ours_qa).cast_linear_weights(torch.bfloat16)
     theirs_qa = transformers.LxmertForQuestionAnswering(qa_config.to_transformers()).to(device).eval()
     theirs_qa.load_state_dict(ours_qa.state_dict())
     compiled = torch.compile(ours) if args.compile else None
+    rows: list[dict] = []
 
     for batch in args.batch:
         inputs, targets = make_batch(config, batch, device)
@@ -217,21 +271,36 @@ def main() -> None:
                         "transformers bf16 autocast": train_step(theirs, inputs, targets, device, True),
                         "ours fp32": train_step(ours, inputs, targets, device, False),
                         "ours bf16 autocast": train_step(ours, inputs, targets, device, True)}
+            if not with_transformers:
+                variants = {k: v for k, v in variants.items() if not k.startswith("transformers")}
             flops = {name: count_flops(fn) for name, fn in variants.items()}
             if compiled is not None:
                 variants["ours bf16 + compile"] = train_step(compiled, inputs, targets, device, True)
                 flops["ours bf16 + compile"] = flops["ours bf16 autocast"]  # same graph; the counter cannot see inside
-            report("pretraining step: forward + backward, five tasks",
-                   measure(variants, args.rounds, args.warmup, device), flops, peaks, batch)
+            report("pretraining step: forward + backward, five tasks", "pretraining step",
+                   measure(variants, args.rounds, args.warmup, device), flops, peaks, batch, device, rows)
+            if device == "cpu":
+                where_the_time_goes("ours bf16 autocast", variants["ours bf16 autocast"],
+                                    flops["ours bf16 autocast"], peaks)
         if "qa" not in args.skip:
             variants = {"transformers fp32": qa_step(theirs_qa, inputs, device, False),
                         "transformers bf16 autocast": qa_step(theirs_qa, inputs, device, True),
                         "ours fp32": qa_step(ours_qa, inputs, device, False),
-                        "ours bf16 autocast": qa_step(ours_qa, inputs, device, True)}
+                        "ours bf16 autocast": qa_step(ours_qa, inputs, device, True),
+                        "ours bf16, weights cast once": qa_step(ours_qa_cast, inputs, device, True)}
+            if not with_transformers:
+                variants = {k: v for k, v in variants.items() if not k.startswith("transformers")}
             flops = {name: count_flops(fn) for name, fn in variants.items()}
-            report("QA inference (3129 answers)", measure(variants, args.rounds, args.warmup, device),
-                   flops, peaks, batch)
+            report("QA inference (3129 answers)", "qa inference", measure(variants, args.rounds, args.warmup, device),
+                   flops, peaks, batch, device, rows)
+            if device == "cpu":
+                where_the_time_goes("ours bf16, weights cast once", variants["ours bf16, weights cast once"],
+                                    flops["ours bf16, weights cast once"], peaks)
     print(f"\n# load average at the end {load_average()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine_line(), "device": device_line(device),
+                                               "peaks_gflop_per_s": {k: peaks[k] for k in ("fp32", "bf16")},
+                                               "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -51,14 +51,16 @@ def machine_line() -> str:
             f"torch {torch.__version__} threads {torch.get_num_threads()}, load average {load_average()} (1/5/15 min)")
 
 
-def gemm_peak_gflops(dtype, device: str = "cpu", n: int = 2048, seconds: float = 1.5) -> float:
-    """Best achieved GFLOP/s of an n x n x n matmul in `dtype` at the current torch thread count.
+def gemm_peak_gflops(dtype, device: str = "cpu", n: int | None = None, seconds: float = 1.5) -> float:
+    """Best achieved GFLOP/s of an n x n x n matmul in `dtype` at the current torch thread count
+    (n: 2048 on a CPU, 8192 on a GPU, where 2048 is too small to fill the device).
 
     Best, not median: the peak is the ceiling the machine reaches while others share it, and a
     variant's fraction of it says how much of the matrix units that variant's work keeps busy.
     """
     import torch
 
+    n = n or (8192 if device.startswith("cuda") else 2048)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
@@ -76,6 +78,38 @@ def gemm_peak_gflops(dtype, device: str = "cpu", n: int = 2048, seconds: float =
         best = min(best, time.perf_counter() - t0)
         reps += 1
     return 2 * n ** 3 / best / 1e9
+
+
+# dense tensor-core peaks from the vendors' data sheets (TFLOP/s, no sparsity): the denominator
+# of model FLOPs utilisation (MFU); fp32 is the CUDA-core rate (matmuls in true fp32)
+NOMINAL_PEAK_TFLOPS = {
+    "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},   # SXM; PCIe is ~756 / 51
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
+}
+
+
+def device_line(device: str) -> str:
+    """One '# ...' line naming the GPU, its memory and its nominal peak (empty on a CPU)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return ""
+    props = torch.cuda.get_device_properties(torch.device(device))
+    peak = nominal_peak_tflops(device)
+    return (f"# gpu: {props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, "
+            f"CUDA {torch.version.cuda}; nominal dense peak (TFLOP/s): "
+            + (", ".join(f"{k} {v}" for k, v in peak.items()) if peak else "unknown (MFU not printed)"))
+
+
+def nominal_peak_tflops(device: str) -> dict[str, float]:
+    """The data-sheet peak of the GPU behind `device`, by name ({} when unknown or a CPU)."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return {}
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((peak for key, peak in NOMINAL_PEAK_TFLOPS.items() if key in name), {})
 
 
 class MatmulPeak:

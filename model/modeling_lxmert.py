@@ -27,6 +27,8 @@ from model.configuration_lxmert import LxmertConfig
 
 IGNORE_INDEX = -100
 TASKS = ("mlm", "matched", "obj", "attr", "feat", "qa")
+# where attention runs through scaled_dot_product_attention (elsewhere: two matmuls and a softmax)
+SDPA_DEVICES = {"cuda", "xpu", "mps"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ class LxmertEmbeddings(nn.Module):
 
 
 class LxmertAttention(nn.Module):
-    """Q/K/V projections; `attend` runs SDPA or, when probabilities are wanted, the math."""
+    """Q/K/V projections; `attend` runs SDPA or the explicit math."""
 
     def __init__(self, config: LxmertConfig):
         super().__init__()
@@ -159,13 +161,31 @@ class LxmertAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self._fused_cache: tuple | None = None
+
+    def train(self, mode: bool = True):
+        self._fused_cache = None
+        return super().train(mode)
 
     def fused_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # one (3h, h) GEMM beats three (h, h) ones at LXMERT's short sequences; the parameters
-        # stay separate so that state-dict names are transformers'
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        return weight, bias
+        """The (3h, h) Q/K/V weight and its bias in the compute dtype (autocast's, if on).
+
+        One (3h, h) GEMM beats three (h, h) ones at LXMERT's short sequences; the parameters
+        stay separate so that state-dict names are transformers'. Each part is cast before the
+        concatenation, so under autocast the copy is made once, in the low precision. Without
+        autograd (inference in eval mode) the result is kept until a weight changes (its
+        version counter or storage) or the mode changes, so an inference pass neither copies
+        nor casts these weights.
+        """
+        parts = (self.query.weight, self.key.weight, self.value.weight,
+                 self.query.bias, self.key.bias, self.value.bias)
+        dtype = _compute_dtype(self.query.weight)
+        if self.training or torch.is_grad_enabled():
+            return _fuse_qkv(parts, dtype)
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in parts))
+        if self._fused_cache is None or self._fused_cache[0] != key:
+            self._fused_cache = (key, _fuse_qkv(parts, dtype))
+        return self._fused_cache[1]
 
     def project(self, x: torch.Tensor, weight_bias: tuple[torch.Tensor, torch.Tensor] | None = None):
         """x (B, T, h) -> q, k, v each (B, heads, T, head_dim) (views, no copies)."""
@@ -176,19 +196,28 @@ class LxmertAttention(nn.Module):
         return qkv[0], qkv[1], qkv[2]
 
     def attend(self, q, k, v, mask: torch.Tensor | None, need_probs: bool = False):
-        """-> context (B, T, h), probabilities (B, heads, T, S) or None."""
+        """-> context (B, T, h), probabilities (B, heads, T, S) or None.
+
+        SDPA on accelerators; the explicit math on the CPU, where SDPA's flash kernel is
+        1.5-3x slower than two batched matmuls at LXMERT's 20-36 positions (bench/bench_model.py
+        times both paths), and whenever the probabilities are wanted.
+        """
         b, _, t, _ = q.shape
-        if need_probs:
+        if need_probs or q.device.type not in SDPA_DEVICES:
             scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
             if mask is not None:
                 scores = scores + mask
             probs = torch.softmax(scores, dim=-1)
             context = torch.matmul(self.dropout(probs), v)
         else:
-            probs = None
             context = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout.p if self.training else 0.0)
-        return context.transpose(1, 2).reshape(b, t, -1), probs
+        return context.transpose(1, 2).reshape(b, t, -1), probs if need_probs else None
+
+
+def _fuse_qkv(parts: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    weights, biases = parts[:3], parts[3:]
+    return torch.cat([w.to(dtype) for w in weights]), torch.cat([b.to(dtype) for b in biases])
 
 
 class LxmertAttentionOutput(nn.Module):
@@ -301,6 +330,9 @@ class LxmertVisualFeatureEncoder(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, visual_feats: torch.Tensor, visual_pos: torch.Tensor) -> torch.Tensor:
+        # the store's float16 features may arrive as they are: converted once, on the device,
+        # straight to the compute dtype (bf16 under autocast, else the weights' dtype)
+        visual_feats = visual_feats.to(_compute_dtype(self.visn_fc.weight))
         x = self.visn_layer_norm(self.visn_fc(visual_feats))
         y = self.box_layer_norm(self.box_fc(visual_pos))
         return self.dropout((x + y) / 2)
@@ -449,6 +481,23 @@ class LxmertPreTrainedModel(nn.Module):
 
     def tie_weights(self) -> None:
         pass
+
+    @torch.no_grad()
+    def cast_linear_weights(self, dtype: torch.dtype) -> "LxmertPreTrainedModel":
+        """Hold every Linear's weight and bias in `dtype`, for inference under autocast of the
+        same dtype; LayerNorms and embeddings keep their precision (and a Linear tied to an
+        embedding, the MLM decoder, stays with it).
+
+        Autocast casts each fp32 weight to the low precision on every forward: at QA inference
+        on a CPU that copying is a fifth of the time. Weights cast once remove it; the numbers
+        are those of autocast (the same cast, made once). Returns self, in eval mode: the
+        weights are no longer the fp32 ones an optimiser would update.
+        """
+        embedding_weights = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and id(module.weight) not in embedding_weights:
+                module.to(dtype)
+        return self.eval()
 
     @property
     def device(self) -> torch.device:

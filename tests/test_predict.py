@@ -115,6 +115,18 @@ def test_predict_returns_the_contract_ids_and_answers(runs):
     assert len(answers) == len(read_nlvr2_split(data, "test1"))
 
 
+def test_bf16_predictions_agree_with_fp32(runs):
+    """--precision bf16 (weights cast once, autocast) answers as fp32 does up to bf16 rounding."""
+    data, _, run_paths = runs
+    for name, split in (("gqa", "val"), ("nlvr2", "dev")):
+        _, fp32 = predict(run_paths[name], data, split)
+        _, bf16 = predict(run_paths[name], data, split, precision="bf16")
+        assert set(bf16) == set(fp32)
+        assert sum(bf16[k] == fp32[k] for k in fp32) >= 0.9 * len(fp32)
+    with pytest.raises(PipelineError, match="precision must be one of fp32, bf16"):
+        predict(run_paths["gqa"], data, "val", precision="fp16")
+
+
 def test_a_language_only_run_predicts_without_looking_at_images(runs, tmp_path):
     data, store, _ = runs
     run = tmp_path / "text-only"

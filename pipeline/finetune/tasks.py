@@ -130,13 +130,18 @@ class FinetuneTask:
         return {SELECTION_METRIC: 100.0 * score / max(count, 1), "loss": loss / max(count, 1)}
 
     @torch.no_grad()
-    def predictions(self, model, source, batch_size: int, device: torch.device) -> list[str]:
-        """Answers for every example of `source` (a `batches(..., labelled=False)`), in order."""
+    @torch.no_grad()
+    def predictions(self, model, source, batch_size: int, device: torch.device,
+                    autocast_dtype: torch.dtype | None = None) -> list[str]:
+        """Answers for every example of `source` (a `batches(..., labelled=False)`), in order;
+        under autocast to `autocast_dtype` when given."""
         out: list[str] = []
         for start in range(0, len(source), batch_size):
             indices = np.arange(start, min(start + batch_size, len(source)))
             batch = {k: v.to(device) for k, v in source.make_batch(indices, np.random.default_rng(0), 0).items()}
-            out.extend(self.answer_strings(self.logits(model(**batch)).argmax(-1).cpu()))
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+                logits = self.logits(model(**batch))
+            out.extend(self.answer_strings(logits.float().argmax(-1).cpu()))
         return out
 
     # ---- files -----------------------------------------------------------------------------

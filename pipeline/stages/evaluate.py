@@ -21,7 +21,8 @@ def evaluate(task: str, data: str | os.PathLike, split: str, *, run: str | os.Pa
         return evaluate_run(run, data, split, task, out=out, strict=strict, vqa_version=vqa_version,
                             **predict_options)
     if predict_options:
-        raise UsageError("--features and --checkpoint choose how a --run predicts; not with --predictions")
+        raise UsageError("--features, --checkpoint and --precision choose how a --run predicts; "
+                         "not with --predictions")
     if not out:
         raise UsageError("--out DIR is required with --predictions")
     locate(data, task, split)  # a wrong split fails before reading anything

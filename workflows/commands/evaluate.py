@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --run: the feature store to read (default: the one the run was trained on)")
     parser.add_argument("--checkpoint", choices=("best", "final"),
                         help="with --run: the model to use (default: best/ when the run has one, else final/)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"),
+                        help="with --run: predict in fp32 (default) or with bf16 weights and autocast (about 2x "
+                             "faster on GPUs and bf16-capable CPUs; answers within bf16 rounding may change)")
     parser.add_argument("--strict", action="store_true",
                         help="refuse predictions that miss questions, as the official scripts do")
     parser.add_argument("--vqa-eval", choices=("2021", "2017"), default="2021",
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.evaluation.results_table import format_table
     from pipeline.stages.evaluate import evaluate
 
-    options = {k: v for k, v in (("features", args.features), ("checkpoint", args.checkpoint)) if v}
+    options = {k: v for k, v in (("features", args.features), ("checkpoint", args.checkpoint),
+                                 ("precision", args.precision)) if v}
     evaluation, results_path, submission_path = evaluate(
         args.task, args.data, args.split, run=None if args.predictions else args.run, predictions=args.predictions,
         out=args.out, strict=args.strict, vqa_version=args.vqa_eval, **options)
