@@ -212,7 +212,9 @@ class ResNet(nn.Module):
         return sizes
 
     def forward(self, x: torch.Tensor, image_sizes: Sequence[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
-        sizes = None if image_sizes is None or x.shape[0] == 1 else [tuple(s) for s in image_sizes]
+        # a lone image may be padded too (to a size multiple, for cuDNN's per-shape autotuning);
+        # masking is skipped wherever nothing is padded (`mask_padding`)
+        sizes = None if image_sizes is None else [tuple(s) for s in image_sizes]
         x, sizes = self.stem(x, sizes)
         for stage in (self.res2, self.res3, self.res4):
             x, sizes = run_stage(stage, x, sizes)

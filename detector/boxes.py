@@ -1,4 +1,5 @@
-"""Box arithmetic in detectron2 conventions (no "+1" widths), and NMS in one call.
+"""Box arithmetic in detectron2 conventions (no "+1" widths), NMS in one call, and greedy NMS
+in fixed shapes for many problems at once (`greedy_nms_fixed`, the GPU's box selection).
 
 Box2BoxTransform is detectron2's: w = x2 - x1, ctr = x1 + 0.5 w, dw/dh clamped at
 log(1000/16) before exp. Caffe's bbox_transform_inv uses w = x2 - x1 + 1 and no clamp
@@ -53,10 +54,15 @@ class Box2BoxTransform:
         return out.reshape(deltas.shape)
 
 
-def clip_boxes(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor:
-    """Clip x to [0, width] and y to [0, height] (detectron2; Caffe clips to width - 1)."""
-    x = boxes[..., 0::2].clamp(min=0, max=width)
-    y = boxes[..., 1::2].clamp(min=0, max=height)
+def clip_boxes(boxes: torch.Tensor, height: float | torch.Tensor, width: float | torch.Tensor) -> torch.Tensor:
+    """Clip x to [0, width] and y to [0, height] (detectron2; Caffe clips to width - 1).
+    `height`/`width` may be tensors broadcasting against boxes[..., :2] (one size per image)."""
+    if isinstance(width, torch.Tensor) or isinstance(height, torch.Tensor):
+        x = torch.minimum(boxes[..., 0::2].clamp(min=0), torch.as_tensor(width, dtype=boxes.dtype))
+        y = torch.minimum(boxes[..., 1::2].clamp(min=0), torch.as_tensor(height, dtype=boxes.dtype))
+    else:
+        x = boxes[..., 0::2].clamp(min=0, max=width)
+        y = boxes[..., 1::2].clamp(min=0, max=height)
     return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
 
 
@@ -77,3 +83,47 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     span = boxes64.max() - min(boxes64.min(), 0) + 1
     shifted = boxes64 + (dense.to(boxes64) * span)[:, None]
     return nms(shifted, scores.double(), iou_threshold)
+
+
+def nms_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., R, 4) -> (..., R, R) IoU, computed as torchvision's NMS kernels do (same operations
+    in the same order, in the boxes' dtype), so `iou > t` decides suppression exactly as
+    `torchvision.ops.nms` would on the same boxes."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    area = (x2 - x1) * (y2 - y1)
+    w = (torch.minimum(x2[..., :, None], x2[..., None, :])
+         - torch.maximum(x1[..., :, None], x1[..., None, :])).clamp(min=0)
+    h = (torch.minimum(y2[..., :, None], y2[..., None, :])
+         - torch.maximum(y1[..., :, None], y1[..., None, :])).clamp(min=0)
+    inter = w * h
+    return inter / (area[..., :, None] + area[..., None, :] - inter)
+
+
+def greedy_nms_fixed(suppresses: torch.Tensor, order: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Greedy NMS for many problems at once, in fixed shapes: no data-dependent size, so no
+    host synchronisation on a GPU (torchvision's `nms` returns a tensor whose length the host
+    must read).
+
+    Problem (n, g) ranks the boxes of image n by `order[n, g]` (box indices, best first) and
+    keeps a box unless a kept box ranked before it suppresses it.
+    suppresses: (N, S, R, R) bool, [n, s, i, j] = box i suppresses box j; S is 1 (every
+    problem of an image shares it, e.g. per-class NMS on shared boxes) or G (one per problem).
+    order: (N, G, R) int64. valid: (N, G, R) bool, by rank: False ranks (padding, excluded
+    boxes) are never kept and suppress nothing. -> kept: (N, G, R) bool, by rank.
+
+    R sequential steps of O(N G R) work each: the loop is over ranks, never over boxes of
+    a data-dependent count.
+    """
+    N, G, R = order.shape
+    device = order.device
+    suppressed = torch.zeros((N, G, R), dtype=torch.bool, device=device)   # by box index
+    kept = torch.zeros((N, G, R), dtype=torch.bool, device=device)         # by rank
+    image = torch.arange(N, device=device)[:, None]
+    problem = (torch.arange(G, device=device) if suppresses.shape[1] == G
+               else torch.zeros(G, dtype=torch.int64, device=device))[None, :]
+    for t in range(R):
+        box = order[:, :, t]                                                 # (N, G)
+        alive = valid[:, :, t] & ~suppressed.gather(2, box[:, :, None])[:, :, 0]
+        kept[:, :, t] = alive
+        suppressed |= suppresses[image, problem, box] & alive[:, :, None]
+    return kept

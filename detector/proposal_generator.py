@@ -3,8 +3,8 @@
 Test-time proposals follow detectron2's `find_top_rpn_proposals` (what AIR/HF run,
 docs/reference/detector.md §1.0): top `pre_nms_topk` anchors by objectness logit -> decode -> clip to the image -> drop
 empty boxes -> NMS 0.7 -> top `post_nms_topk` (300 for vg-r101-c4). A padded batch is handled
-image by image on each image's own feature extent (anchors over padding never compete), and
-the NMS of all images is one call.
+image by image on each image's own feature extent (anchors over padding never compete), each
+image's NMS its own call.
 
 Training (`losses`): each image's anchors are matched to its gt boxes (IoU >= 0.7 object,
 < 0.3 background, in between ignored, plus each gt's best anchor), 256 are sampled with at
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, nms
 
-from detector.boxes import Box2BoxTransform, batched_nms, clip_boxes
+from detector.boxes import Box2BoxTransform, clip_boxes
 from detector.config import RPNConfig
 from detector.losses import rpn_losses
 from detector.matcher import Matcher
@@ -80,7 +80,11 @@ class StandardRPNHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = F.relu(self.conv(x))
-        return self.objectness_logits(t), self.anchor_deltas(t)
+        # the 1x1 heads stay in float32 under autocast: their outputs become box coordinates,
+        # and bf16 deltas (8 mantissa bits) would move a 300-pixel box by a pixel or more
+        with torch.autocast(x.device.type, enabled=False):
+            t = t.float()
+            return self.objectness_logits(t), self.anchor_deltas(t)
 
 
 @dataclass
@@ -120,10 +124,20 @@ class RPN(nn.Module):
 
     def find_top_proposals(self, rpn_out: RPNOutputs, image_sizes: list[tuple[int, int]],
                            training: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """-> (proposal boxes per image (P_i, 4), their objectness logits (P_i,))."""
+        """-> (proposal boxes per image (P_i, 4), their objectness logits (P_i,)).
+
+        Boxes that are empty or not finite are not removed before NMS (a boolean mask would
+        make the host wait for its count) but become an empty box scored -inf: ranked after
+        every real box, they suppress nothing, and they are cut from the tail of each
+        image's kept list afterwards, which gives exactly NMS over the real boxes. NMS runs
+        per image in float64: a box of one image never suppresses another's, and one call
+        over the batch would compare every pair across images (quadratic in the batch on
+        either device). The kept lists' lengths are data-dependent; on a GPU each NMS call
+        and the one count read at the end are this method's host synchronisations.
+        """
         pre_k = self.cfg.pre_nms_topk_train if training else self.cfg.pre_nms_topk_test
         post_k = self.cfg.post_nms_topk_train if training else self.cfg.post_nms_topk_test
-        all_boxes, all_scores, all_groups = [], [], []
+        kept_boxes, kept_scores = [], []
         for i, (logits, deltas, anchors) in enumerate(zip(rpn_out.objectness_logits,
                                                          rpn_out.anchor_deltas, rpn_out.anchors)):
             logits = logits.detach()
@@ -133,19 +147,16 @@ class RPN(nn.Module):
             h, w = image_sizes[i]
             boxes = clip_boxes(boxes, h, w)
             bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-            keep = (bw > self.cfg.min_box_size) & (bh > self.cfg.min_box_size) \
+            real = (bw > self.cfg.min_box_size) & (bh > self.cfg.min_box_size) \
                 & torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
-            all_boxes.append(boxes[keep])
-            all_scores.append(scores[keep])
-            all_groups.append(torch.full((int(keep.sum()),), i, dtype=torch.int64, device=boxes.device))
-        boxes, scores, groups = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_groups)
-        keep = batched_nms(boxes, scores, groups, self.cfg.nms_thresh)   # sorted by score
-        proposals, logits = [], []
-        for i in range(len(image_sizes)):
-            k_i = keep[groups[keep] == i][:post_k]
-            proposals.append(boxes[k_i])
-            logits.append(scores[k_i])
-        return proposals, logits
+            boxes = torch.where(real[:, None], boxes, 0.0)
+            scores = torch.where(real, scores, float("-inf"))
+            keep = nms(boxes.double(), scores.double(), self.cfg.nms_thresh)[:post_k]   # sorted by score
+            kept_boxes.append(boxes[keep])
+            kept_scores.append(scores[keep])
+        real_counts = torch.stack([torch.isfinite(s).sum() for s in kept_scores]).tolist() if kept_scores else []
+        return ([b[:n] for b, n in zip(kept_boxes, real_counts)],
+                [s[:n] for s, n in zip(kept_scores, real_counts)])
 
     def label_and_sample_anchors(self, anchors: list[torch.Tensor], gt_boxes: list[torch.Tensor]
                                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

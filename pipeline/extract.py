@@ -2,31 +2,51 @@
 
 `ExtractorSpec` says which detector (preset or saved config, weights, device, precision);
 it is small and picklable, so a Dask worker can build the model from it once.
-`Extractor` is the loaded model. `extract_shard` decodes images in worker threads (bounded
-read-ahead, overlapped with the forward passes), runs padded batches, and writes one Parquet
-shard atomically through `pipeline.features.write_shard`. Images that cannot be decoded (or
-on which the detector fails) are returned as failures with a reason; the others still make
-the shard. Nothing here knows about Dask.
+`Extractor` is the loaded model. `extract_shard` runs `extract_images` and writes one
+Parquet shard atomically through `pipeline.features.write_shard`. Images that cannot be
+decoded (or on which the detector fails) are returned as failures with a reason; the
+others still make the shard. Nothing here knows about Dask.
+
+`extract_images` is a three-stage pipeline, the same code on every device:
+1. decode threads (bounded read-ahead): on a CPU they decode (PIL) and prepare (resize,
+   mean) each image; on CUDA they read the file, send JPEGs nvJPEG can decode as bytes
+   (pipeline/images.py) and decode the rest with PIL into pinned memory;
+2. the calling thread, per batch: on CUDA the batch's JPEGs are decoded in one nvJPEG call
+   and every image is uploaded (pinned, non-blocking) and prepared on the device; then the
+   padded batch goes through the detector (`GeneralizedRCNN.extract_batch`, fixed shapes),
+   its regions are packed into one byte buffer on the device and copied to the host in ONE
+   transfer (features already in the stored dtype), queued behind the batch's work;
+3. one writer thread (`OrderedWriter`) turns each transferred batch into store rows, in
+   batch order, while the calling thread queues the next batch; at most two batches wait
+   for it. An error there is raised in the calling thread (at a later hand-over or at the
+   end), before the shard is written, so no shard is ever written from part of its rows;
+   the write itself stays one atomic `write_shard` after the last batch.
+
+On CUDA the extractor also runs the model in channels_last with cuDNN autotuning, batches
+padded to multiples of 32 so the autotuner sees few shapes (`Extractor`).
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import itertools
 import logging
+import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.features import ImageFeatures, ShardInfo, StoreMetadata, write_shard
 from pipeline.features.shard import file_sha256, nonfinite_problem
-from pipeline.images import ImageDecodeError, ImageEntry, decode_image
+from pipeline.images import (DeviceJpeg, ImageDecodeError, ImageEntry, decode_image, decode_image_data,
+                             decode_jpegs_on_device, jpeg_for_device, read_image_file)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +55,10 @@ WEIGHTS_SOURCE = ("faster_rcnn_from_caffe_attr.pkl from airsplay/py-bottom-up-at
                   "http://nlp.cs.unc.edu/models/faster_rcnn_from_caffe_attr.pkl), or pytorch_model.bin "
                   "from the Hugging Face repo unc-nlp/frcnn-vg-finetuned")
 AUTOCAST = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+FEATURE_DTYPES = ("float16", "float32")
+# batch sides on CUDA are rounded up to this (detectron2's SIZE_DIVISIBILITY): cuDNN's
+# autotuner measures each new input shape once, and 600/1000 inputs then make a few dozen
+CUDA_SIZE_DIVISIBILITY = 32
 
 
 def weights_cache_dir() -> Path:
@@ -144,9 +168,26 @@ def init_random_(model, seed: int) -> None:
 
 
 class Extractor:
-    """The loaded detector of a spec, ready for `extract_shard` (eval mode, norms folded)."""
+    """The loaded detector of a spec, ready for `extract_shard` (eval mode, norms folded).
 
-    def __init__(self, spec: ExtractorSpec, fold_norms: bool = True):
+    On CUDA (decided by the device, not by an option of the spec: the spec names the
+    detector and its numbers, and these change no result, only speed):
+    - the model and its input batches are channels_last, the layout cuDNN's tensor-core
+      convolutions use for bf16/fp16 without transposing each layer's input (on a CPU oneDNN
+      reorders to its own blocked layout either way; NCHW stays, as measured so far);
+    - `torch.backends.cudnn.benchmark` is on for the process (a Dask worker's detector owns
+      its GPU): cuDNN times its algorithms once per input shape, and batches are padded to
+      multiples of 32 so the shapes repeat (res5's input is (RoIs, 1024, 14, 14), the same
+      for every full batch). A CPU has no autotuner, and padding would only add work;
+    - images are prepared (float, BGR, mean, resize) on the device from their uint8 pixels
+      (`prepare_on_device`: a quarter of the bytes to upload, and the GPU's time), and JPEGs
+      are decoded there by nvJPEG (`jpeg_on_device`, default: when it works on this device).
+    Both can be asked for on a CPU, where torchvision's decoder is libjpeg-turbo (PIL's
+    pixels exactly): the CUDA path's code then runs, and is tested, on a CPU.
+    """
+
+    def __init__(self, spec: ExtractorSpec, fold_norms: bool = True, *, prepare_on_device: bool | None = None,
+                 jpeg_on_device: bool | None = None):
         import torch
 
         from detector.checkpoint import CheckpointError, load_weights
@@ -168,16 +209,51 @@ class Extractor:
         if spec.device.startswith("cuda") and not torch.cuda.is_available():
             raise PipelineError(f"--device {spec.device}: torch sees no CUDA device on this worker")
         self.device = torch.device(spec.device)
-        self.model = model.to(self.device)
+        on_cuda = self.device.type == "cuda"
+        self.memory_format = torch.channels_last if on_cuda else torch.contiguous_format
+        self.size_divisibility = CUDA_SIZE_DIVISIBILITY if on_cuda else 1
+        if on_cuda:
+            torch.backends.cudnn.benchmark = True
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.autocast_dtype = getattr(torch, AUTOCAST[spec.autocast]) if spec.autocast else None
+        self.prepare_on_device = on_cuda if prepare_on_device is None else bool(prepare_on_device)
+        if jpeg_on_device is None:
+            jpeg_on_device = on_cuda and nvjpeg_works(self.device)
+        if jpeg_on_device and not self.prepare_on_device:
+            raise ValueError("jpeg_on_device needs prepare_on_device: a JPEG decoded on the device is prepared there")
+        self.jpeg_on_device = bool(jpeg_on_device)
 
-    def __call__(self, prepared: list, timings: dict | None = None):
+    def extract_batch(self, prepared: list, timings: dict | None = None):
+        """PreparedImages (on any device) -> `detector.rcnn.BatchRegions` on the model's device."""
         from detector.preprocess import pad_batch
 
-        batch, sizes = pad_batch([p.tensor for p in prepared])
-        return self.model.extract(batch.to(self.device, non_blocking=True), sizes, [p.scale for p in prepared],
-                                  [p.original_size for p in prepared], autocast_dtype=self.autocast_dtype,
-                                  timings=timings)
+        batch, sizes = pad_batch([p.tensor.to(self.device, non_blocking=True) for p in prepared],
+                                 self.size_divisibility)
+        return self.model.extract_batch(batch.contiguous(memory_format=self.memory_format), sizes,
+                                        [p.scale for p in prepared], [p.original_size for p in prepared],
+                                        autocast_dtype=self.autocast_dtype, timings=timings)
+
+    def __call__(self, prepared: list, timings: dict | None = None):
+        """PreparedImages -> one `detector.rcnn.Regions` per image."""
+        return self.extract_batch(prepared, timings).split()
+
+
+def nvjpeg_works(device) -> bool:
+    """Whether torchvision decodes a JPEG with nvJPEG on `device` (a build without it, or a
+    driver problem, leaves every JPEG to PIL; said once in the log)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 60)).save(buf, format="JPEG")
+    try:
+        ok = decode_jpegs_on_device([jpeg_for_device(buf.getvalue())], device)[0] is not None
+    except Exception as err:  # noqa: BLE001 - any failure means: decode with PIL
+        log.warning("nvJPEG does not work on %s (%s: %s); JPEGs are decoded on the CPU",
+                    device, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return False
+    if not ok:
+        log.warning("nvJPEG decoded a test JPEG wrongly on %s; JPEGs are decoded on the CPU", device)
+    return ok
 
 
 @dataclass
@@ -189,36 +265,107 @@ class ShardResult:
     seconds: float = 0.0
 
 
-def _load(entry: ImageEntry, input_cfg):
+@dataclass
+class LoadedImage:
+    """What a decode thread hands over for one image: prepared (CPU path), or, when the
+    extractor prepares on its device, the decoded pixels (pinned for CUDA) or the JPEG the
+    device will decode."""
+    prepared: Any = None          # detector.preprocess.PreparedImage
+    pixels: Any = None            # (H, W, 3) uint8 torch tensor
+    jpeg: DeviceJpeg | None = None
+
+
+def _prepare_failure(err: Exception) -> ImageDecodeError:
+    return ImageDecodeError(f"could not prepare image: {type(err).__name__}: {err}")
+
+
+def _host_pixels(rgb: np.ndarray, pin: bool):
+    """(H, W, 3) uint8 as a torch tensor: copied once into pinned memory when `pin`, else
+    wrapped (copied only if read-only, as PIL's arrays are)."""
+    import torch
+
+    if pin:
+        pixels = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=True)
+        pixels.numpy()[...] = rgb
+        return pixels
+    return torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy())
+
+
+def load_image(entry: ImageEntry, input_cfg, *, prepare: bool = True, jpeg_on_device: bool = False,
+               pin: bool = False) -> LoadedImage | ImageDecodeError:
+    """One image's decode-thread work (see the module docstring); failures as a value.
+    `prepare`: decode and prepare here (CPU path); else read it and hand over the JPEG for
+    the device (`jpeg_on_device`, when the device's decoder takes it) or PIL's pixels,
+    pinned when `pin` (for a non-blocking upload)."""
     from detector.preprocess import prepare_image
 
     try:
-        return prepare_image(decode_image(entry.path), input_cfg)
+        if prepare:
+            return LoadedImage(prepared=prepare_image(decode_image(entry.path), input_cfg))
+        data = read_image_file(entry.path)
+        jpeg = jpeg_for_device(data) if jpeg_on_device else None
+        if jpeg is not None:
+            return LoadedImage(jpeg=jpeg)
+        return LoadedImage(pixels=_host_pixels(decode_image_data(data), pin))
     except ImageDecodeError as err:
         return err
     except Exception as err:  # noqa: BLE001 - e.g. an image too small to resize
-        return ImageDecodeError(f"could not prepare image: {type(err).__name__}: {err}")
+        return _prepare_failure(err)
 
 
-def prepared_images(entries: Sequence[ImageEntry], input_cfg, threads: int, read_ahead: int) -> Iterator[tuple]:
-    """(entry, PreparedImage | ImageDecodeError) in input order, decoded by `threads` threads
-    at most `read_ahead` images ahead of the consumer (bounded memory)."""
+def loaded_images(entries: Sequence[ImageEntry], load: Callable[[ImageEntry], Any], threads: int,
+                  read_ahead: int) -> Iterator[tuple]:
+    """(entry, load(entry)) in input order, computed by `threads` threads at most
+    `read_ahead` images ahead of the consumer (bounded memory); inline when threads is 0."""
     if threads <= 0:
         for entry in entries:
-            yield entry, _load(entry, input_cfg)
+            yield entry, load(entry)
         return
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
         it = iter(entries)
-        pending = collections.deque((e, pool.submit(_load, e, input_cfg)) for e in itertools.islice(it, read_ahead))
+        pending = collections.deque((e, pool.submit(load, e)) for e in itertools.islice(it, read_ahead))
         while pending:
             entry, fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_load, nxt, input_cfg)))
+                pending.append((nxt, pool.submit(load, nxt)))
             yield entry, fut.result()
 
 
+def prepare_on_device(loaded: list[LoadedImage], extractor: Extractor) -> list:
+    """The calling thread's part of decoding when the extractor prepares on its device: the
+    batch's JPEGs in one `decode_jpeg` call on the device (PIL for those it refuses), every
+    image uploaded (non-blocking from pinned memory) and prepared there.
+    -> per image a PreparedImage or an ImageDecodeError."""
+    from detector.preprocess import prepare_chw
+
+    pin = extractor.device.type == "cuda"
+
+    jpegs = [i for i, item in enumerate(loaded) if item.jpeg is not None]
+    decoded = dict(zip(jpegs, decode_jpegs_on_device([loaded[i].jpeg for i in jpegs], extractor.device)))
+    out = []
+    for i, item in enumerate(loaded):
+        if item.prepared is not None:
+            out.append(item.prepared)
+            continue
+        try:
+            chw = decoded.get(i)
+            if chw is None:
+                pixels = item.pixels
+                if pixels is None:     # the device's decoder refused it: PIL decides, with PIL's reasons
+                    pixels = _host_pixels(decode_image_data(item.jpeg.data.numpy().tobytes()), pin)
+                chw = pixels.to(extractor.device, non_blocking=True).permute(2, 0, 1)
+            out.append(prepare_chw(chw, extractor.cfg.input))
+        except ImageDecodeError as err:
+            out.append(err)
+        except Exception as err:  # noqa: BLE001 - as load_image
+            out.append(_prepare_failure(err))
+    return out
+
+
 def regions_to_features(entry: ImageEntry, prepared, regions, feature_dtype: str) -> ImageFeatures:
+    """One image's `detector.rcnn.Regions` as a store row (the per-image path; `unpack_rows`
+    is the batched one and gives the same rows)."""
     H, W = prepared.original_size
     return ImageFeatures(
         image_id=entry.image_id, width=W, height=H,
@@ -230,48 +377,205 @@ def regions_to_features(entry: ImageEntry, prepared, regions, feature_dtype: str
         attrs_conf=regions.attrs_conf.cpu().numpy().astype(np.float32))
 
 
+# -- one transfer per batch ------------------------------------------------------------------
+
+@dataclass
+class PackedRegions:
+    """A batch's regions as one byte buffer on the host (pinned, filled by a queued copy on
+    CUDA; `wait` blocks until it has landed), plus what is needed to read it back. The
+    device-side `regions` stay referenced only to explain a non-finite row."""
+    host: Any                                 # 1-D uint8 torch tensor
+    layout: list[tuple[str, str, tuple]]      # (name, numpy dtype, shape) in buffer order
+    ready: Any = None                         # torch.cuda.Event, None when nothing was copied
+    regions: Any = None                       # detector.rcnn.BatchRegions
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Views of the buffer by name (valid while `host` lives)."""
+        buf, out, offset = self.host.numpy(), {}, 0
+        for name, dtype, shape in self.layout:
+            size = math.prod(shape) * np.dtype(dtype).itemsize
+            out[name] = buf[offset:offset + size].view(dtype).reshape(shape)
+            offset += size
+        return out
+
+
+def pack_regions(regions, feature_dtype: str) -> PackedRegions:
+    """`BatchRegions` -> one uint8 buffer on the host, in ONE device-to-host copy: counts,
+    boxes, scores and ids as stored (int32/float32), features converted to the stored dtype
+    on the device (float16 halves the bytes; the conversion rounds as numpy's does). On a
+    CPU the buffer is the packed tensor itself."""
+    import torch
+
+    parts = [("count", "int32", regions.count.to(torch.int32)),
+             ("boxes", "float32", regions.boxes.float()),
+             ("objects_conf", "float32", regions.objects_conf.float()),
+             ("attrs_conf", "float32", regions.attrs_conf.float()),
+             ("objects_id", "int32", regions.objects_id.to(torch.int32)),
+             ("attrs_id", "int32", regions.attrs_id.to(torch.int32)),
+             # last: the only part whose size may not be a multiple of 4 bytes
+             ("features", feature_dtype, regions.features.to(getattr(torch, feature_dtype)))]
+    packed = torch.cat([t.contiguous().view(torch.uint8).reshape(-1) for _, _, t in parts])
+    layout = [(name, dtype, tuple(t.shape)) for name, dtype, t in parts]
+    if packed.device.type != "cuda":
+        return PackedRegions(packed, layout, None, regions)
+    host = torch.empty(packed.numel(), dtype=torch.uint8, pin_memory=True)
+    host.copy_(packed, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record(torch.cuda.current_stream(packed.device))
+    return PackedRegions(host, layout, ready, regions)
+
+
+def unpack_rows(packed: PackedRegions, items: list[tuple], feature_dtype: str
+                ) -> tuple[list[ImageFeatures], list[tuple[int, dict]]]:
+    """items: (position, entry, original (height, width)) per image of the batch -> (store
+    rows, (position, failure) for images whose output is not finite). Rows own their arrays."""
+    packed.wait()
+    a = packed.arrays()
+    rows, failures = [], []
+    for i, (position, entry, (H, W)) in enumerate(items):
+        n = int(a["count"][i])
+        image = ImageFeatures(image_id=entry.image_id, width=W, height=H, boxes=a["boxes"][i, :n].copy(),
+                              features=a["features"][i, :n].copy(), objects_id=a["objects_id"][i, :n].copy(),
+                              objects_conf=a["objects_conf"][i, :n].copy(), attrs_id=a["attrs_id"][i, :n].copy(),
+                              attrs_conf=a["attrs_conf"][i, :n].copy())
+        problem = nonfinite_problem(image, feature_dtype)
+        if problem:  # stored, it would turn a training loss into NaN far from here
+            if packed.regions is not None:   # say it from the float32 values (overflow or NaN)
+                full = packed.regions.features[i, :n].float().cpu().numpy()
+                problem = nonfinite_problem(ImageFeatures(image.image_id, W, H, image.boxes, full, image.objects_id,
+                                                          image.objects_conf, image.attrs_id, image.attrs_conf),
+                                            feature_dtype)
+            failures.append((position, {"image": entry.path, "image_id": entry.image_id,
+                                        "reason": f"the detector's output is not finite: {problem}"}))
+            continue
+        rows.append(image)
+    return rows, failures
+
+
+class OrderedWriter:
+    """One thread that runs jobs in submission order while the caller goes on (the writer
+    of store rows). At most `max_pending` jobs wait (`submit` blocks for the oldest); the
+    first job that raises stops the rest, and its exception is raised in the caller by the
+    first `submit` that finds it finished, or by `close`. Always `close` (or `abort`): the
+    thread ends there."""
+
+    def __init__(self, max_pending: int = 2, name: str = "rows"):
+        self.max_pending = max_pending
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.pending: collections.deque[Future] = collections.deque()
+        self.results: list = []
+        self.failed = False            # set in the writer thread: later jobs are skipped
+        self.error: BaseException | None = None
+
+    def _run(self, job: Callable[[], Any]):
+        if self.failed:          # a job before this one raised: its error is what the caller sees
+            return None
+        try:
+            return job()
+        except BaseException:
+            self.failed = True
+            raise
+
+    def _take_oldest(self) -> None:
+        try:
+            self.results.append(self.pending.popleft().result())
+        except BaseException as err:
+            self.error = err
+            raise
+
+    def submit(self, job: Callable[[], Any]) -> None:
+        if self.error is not None:
+            raise self.error
+        while self.pending and self.pending[0].done():     # a finished job's error surfaces now
+            self._take_oldest()
+        while len(self.pending) >= self.max_pending:
+            self._take_oldest()
+        self.pending.append(self.pool.submit(self._run, job))
+
+    def close(self) -> list:
+        """Every job's result, in order; raises the first job's error."""
+        try:
+            while self.pending and self.error is None:
+                self._take_oldest()
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.abort()
+        return self.results
+
+    def abort(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def extract_images(entries: Sequence[ImageEntry], extractor: Extractor, *, batch_size: int = 1,
                    feature_dtype: str = "float16", decode_threads: int = 2, timings: dict | None = None,
                    ) -> tuple[list[ImageFeatures], list[dict]]:
-    """-> (features of the images that worked, in input order; failure records). `timings`
-    accumulates the detector's seconds per part (backbone, rpn, ...)."""
-    done: list[ImageFeatures] = []
-    failures: list[dict] = []
-    batch: list[tuple] = []
+    """-> (features of the images that worked, in input order; failure records, in input
+    order). `timings` accumulates the detector's seconds per part (backbone, rpn, ...)."""
+    if feature_dtype not in FEATURE_DTYPES:
+        raise PipelineError(f"feature dtype must be float16 or float32, not {feature_dtype!r}")
+    failures: list[tuple[int, dict]] = []
+    writer = OrderedWriter()
 
-    def run(items: list[tuple]) -> None:
+    def failed(position: int, entry: ImageEntry, reason: str) -> None:
+        failures.append((position, {"image": entry.path, "image_id": entry.image_id, "reason": reason}))
+
+    def detect(items: list[tuple]) -> None:
         try:
-            regions = extractor([p for _, p in items], timings)
+            packed = pack_regions(extractor.extract_batch([p for _, _, p in items], timings), feature_dtype)
         except Exception as err:  # noqa: BLE001 - one image's problem must not sink the shard
             if len(items) > 1:
                 for item in items:
-                    run([item])
+                    detect([item])
                 return
-            entry = items[0][0]
-            failures.append({"image": entry.path, "image_id": entry.image_id,
-                             "reason": f"detector failed: {type(err).__name__}: {err}".splitlines()[0]})
+            position, entry, _ = items[0]
+            failed(position, entry, f"detector failed: {type(err).__name__}: {err}".splitlines()[0])
             return
-        for (entry, prepared), r in zip(items, regions):
-            image = regions_to_features(entry, prepared, r, feature_dtype)
-            problem = nonfinite_problem(image, feature_dtype)
-            if problem:  # stored, it would turn a training loss into NaN far from here
-                failures.append({"image": entry.path, "image_id": entry.image_id,
-                                 "reason": f"the detector's output is not finite: {problem}"})
-                continue
-            done.append(image)
+        # the writer keeps what a row needs, not the batch's prepared images (device memory)
+        rows_of = [(position, entry, p.original_size) for position, entry, p in items]
+        writer.submit(lambda: unpack_rows(packed, rows_of, feature_dtype))
+
+    def run(batch: list[tuple]) -> None:
+        if extractor.prepare_on_device:
+            prepared = prepare_on_device([loaded for _, _, loaded in batch], extractor)
+        else:
+            prepared = [loaded.prepared for _, _, loaded in batch]
+        items = []
+        for (position, entry, _), p in zip(batch, prepared):
+            if isinstance(p, ImageDecodeError):
+                failed(position, entry, str(p))
+            else:
+                items.append((position, entry, p))
+        if items:
+            detect(items)
+
+    def load(entry: ImageEntry):
+        return load_image(entry, extractor.cfg.input, prepare=not extractor.prepare_on_device,
+                          jpeg_on_device=extractor.jpeg_on_device, pin=extractor.device.type == "cuda")
 
     read_ahead = max(2 * batch_size, decode_threads + batch_size)
-    for entry, prepared in prepared_images(entries, extractor.cfg.input, decode_threads, read_ahead):
-        if isinstance(prepared, ImageDecodeError):
-            failures.append({"image": entry.path, "image_id": entry.image_id, "reason": str(prepared)})
-            continue
-        batch.append((entry, prepared))
-        if len(batch) == batch_size:
+    batch: list[tuple] = []
+    try:
+        for position, (entry, loaded) in enumerate(loaded_images(entries, load, decode_threads, read_ahead)):
+            if isinstance(loaded, ImageDecodeError):
+                failed(position, entry, str(loaded))
+                continue
+            batch.append((position, entry, loaded))
+            if len(batch) == batch_size:
+                run(batch)
+                batch = []
+        if batch:
             run(batch)
-            batch = []
-    if batch:
-        run(batch)
-    return done, failures
+        results = writer.close()
+    finally:
+        writer.abort()
+    done = [row for rows, _ in results for row in rows]
+    failures += [f for _, batch_failures in results for f in batch_failures]
+    return done, [record for _, record in sorted(failures, key=lambda f: f[0])]
 
 
 def extract_shard(index: int, entries: Sequence[ImageEntry], out_dir: str | os.PathLike, extractor: Extractor, *,

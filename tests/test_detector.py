@@ -243,3 +243,135 @@ def test_max_class_extraction_end_to_end(tiny_model):
     cfg = SelectionConfig(method="max_class", min_boxes=5, max_boxes=20)
     out = _extract(tiny_model, prepared, selection=cfg)[0]
     assert 1 <= out.boxes.shape[0] <= 20 and out.features.shape[1] == tiny_model.cfg.feature_dim
+
+
+# -- fixed shapes (the GPU path), run here on the CPU ---------------------------------------
+
+def _padded_problem(seed, counts, R=60, C=20, ties=True):
+    """A padded batch of selection problems with duplicate boxes and tied scores (RoIPool
+    makes both happen in real extractions, docs/reference/detector.md §5)."""
+    gen = torch.Generator().manual_seed(seed)
+    N = len(counts)
+    boxes = torch.stack([_random_boxes(R, gen, size=120.0) for _ in range(N)])
+    boxes[:, 5] = boxes[:, 4]
+    logits = torch.randn(N, R, C + 1, generator=gen) * 3
+    logits[:, 7] = logits[:, 6]
+    probs = logits.softmax(-1)[..., :-1]
+    if ties:
+        probs = (probs * 64).round() / 64
+    valid = torch.stack([torch.arange(R) < n for n in counts])
+    return boxes, probs, valid
+
+
+@pytest.mark.parametrize("min_boxes,max_boxes", [(10, 30), (36, 36), (5, 100)])
+def test_fixed_shape_per_class_nms_equals_the_per_class_loop(min_boxes, max_boxes):
+    from detector.selection import caffe_max_conf_fixed, caffe_order_fixed
+
+    counts = [60, 41, 0, 7]
+    boxes, probs, valid = _padded_problem(min_boxes + max_boxes, counts)
+    cfg = SelectionConfig(min_boxes=min_boxes, max_boxes=max_boxes)
+    max_conf = caffe_max_conf_fixed(boxes, probs, valid, cfg.nms_thresh)
+    keep, count = caffe_order_fixed(max_conf, valid, cfg)
+    assert keep.shape == (len(counts), max_boxes)
+    for i, n in enumerate(counts):
+        ref = select_boxes_reference(boxes[i, :n], probs[i, :n], cfg)
+        assert keep[i, :count[i]].tolist() == ref.keep.tolist()
+        assert torch.equal(max_conf[i, keep[i, :count[i]]], ref.max_conf)
+
+
+@pytest.mark.parametrize("min_boxes", [5, 25, 60])
+def test_fixed_shape_max_class_equals_the_relaxing_nms_loop(min_boxes):
+    from detector.selection import max_class_keep, max_class_keep_fixed
+
+    counts = [60, 33, 0]
+    boxes, probs, valid = _padded_problem(min_boxes, counts)
+    cfg = SelectionConfig(method="max_class", min_boxes=min_boxes, max_boxes=max(min_boxes, 30))
+    conf = probs.amax(dim=2)
+    keep, count = max_class_keep_fixed(boxes, conf, valid, cfg)
+    for i, n in enumerate(counts):
+        assert keep[i, :count[i]].tolist() == max_class_keep(boxes[i, :n], conf[i, :n], cfg).tolist()
+
+
+@pytest.mark.parametrize("selection", [None, SelectionConfig(method="max_class", min_boxes=5, max_boxes=20),
+                                       SelectionConfig(min_boxes=10, max_boxes=100)])
+def test_sync_free_extraction_equals_the_pruned_one(tiny_model, selection):
+    """The GPU's selection (fixed shapes, every class) saves exactly what the CPU's does."""
+    prepared = _images(tiny_model.cfg, [(300, 400), (240, 500), (333, 333)], seed=5)
+    pruned = _extract(tiny_model, prepared, selection=selection, sync_free=False)
+    fixed = _extract(tiny_model, prepared, selection=selection, sync_free=True)
+    for a, b in zip(pruned, fixed):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.features, b.features)
+        assert torch.equal(a.objects_id, b.objects_id) and torch.equal(a.attrs_id, b.attrs_id)
+        assert torch.equal(a.objects_conf, b.objects_conf) and a.num_proposals == b.num_proposals
+
+
+def test_channels_last_and_padding_to_a_multiple_change_no_region(tiny_model):
+    """What the extractor does on CUDA, checked on the CPU: a channels_last model and input,
+    and the batch padded to multiples of 32 (a lone image too), give the same regions."""
+    prepared = _images(tiny_model.cfg, [(301, 407), (250, 333)], seed=6)
+    plain = _extract(tiny_model, prepared)
+    model = copy.deepcopy(tiny_model).to(memory_format=torch.channels_last)
+    for group in (prepared, prepared[:1]):
+        batch, sizes = pad_batch([p.tensor for p in group], size_divisibility=32)
+        assert batch.shape[-2] % 32 == 0 and batch.shape[-1] % 32 == 0
+        out = model.extract(batch.contiguous(memory_format=torch.channels_last), sizes,
+                            [p.scale for p in group], [p.original_size for p in group])
+        for r, ref in zip(out, plain):
+            torch.testing.assert_close(r.boxes, ref.boxes, atol=0.01, rtol=0)
+            assert torch.equal(r.objects_id, ref.objects_id) and torch.equal(r.attrs_id, ref.attrs_id)
+            assert float((r.features - ref.features).abs().max()) <= 1e-5 * float(ref.features.abs().max())
+
+
+def test_proposals_drop_empty_and_nonfinite_boxes_as_a_filter_would(tiny_model):
+    """Empty/NaN boxes are scored -inf instead of being filtered (no host read): the
+    proposals equal filter -> NMS -> top-k."""
+    from torchvision.ops import nms
+
+    from detector.boxes import clip_boxes
+    from detector.proposal_generator import RPNOutputs
+
+    rpn = tiny_model.proposal_generator
+    gen = torch.Generator().manual_seed(7)
+    anchors = rpn.anchor_generator.grid_anchors(12, 15)
+    n = anchors.shape[0]
+    logits = torch.randn(n, generator=gen)
+    deltas = torch.randn(n, 4, generator=gen) * 0.3
+    deltas[::7, 0] = 50.0            # pushed outside the image: clipped to an empty box
+    deltas[::11, 2] = float("nan")
+    logits[::13] = float("nan")
+    size = (12 * 16, 15 * 16)
+    props, scores = rpn.find_top_proposals(RPNOutputs([anchors], [logits], [deltas]), [size])
+    k = min(rpn.cfg.pre_nms_topk_test, n)
+    top, idx = logits.topk(k)
+    boxes = clip_boxes(rpn.box2box_transform.apply_deltas(deltas[idx], anchors[idx]), *size)
+    real = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & torch.isfinite(boxes).all(1)
+            & torch.isfinite(top))
+    assert 0 < int(real.sum()) < k
+    keep = nms(boxes[real].double(), top[real].double(), rpn.cfg.nms_thresh)[:rpn.cfg.post_nms_topk_test]
+    assert torch.equal(props[0], boxes[real][keep]) and torch.equal(scores[0], top[real][keep])
+
+
+def test_rpn_box_heads_stay_float32_under_autocast(tiny_model):
+    head = tiny_model.proposal_generator.rpn_head
+    x = torch.randn(1, head.conv.in_channels, 9, 11)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, deltas = head(x)
+        hidden = torch.relu(head.conv(x))
+    assert logits.dtype == deltas.dtype == torch.float32 and hidden.dtype == torch.bfloat16
+    with torch.inference_mode():
+        torch.testing.assert_close(deltas, head.anchor_deltas(hidden.float()))
+
+
+def test_ieee_fp32_turns_tf32_off_on_cuda_and_restores_it():
+    """The flags are process settings a CPU build has too: set inside, restored on exit."""
+    from detector.device import ieee_fp32
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    if not hasattr(conv, "fp32_precision"):
+        pytest.skip("torch before 2.9: legacy TF32 flags")
+    before = conv.fp32_precision, matmul.fp32_precision
+    with ieee_fp32(torch.device("cuda")):
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+    with ieee_fp32(torch.device("cpu")):
+        assert (conv.fp32_precision, matmul.fp32_precision) == before

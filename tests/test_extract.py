@@ -15,7 +15,7 @@ from PIL import Image
 
 from workflows.cli import main as cli_main
 from pipeline.errors import PipelineError
-from pipeline.extract import Extractor, extract_shard, resolve_spec
+from pipeline.extract import Extractor, extract_images, extract_shard, resolve_spec
 from pipeline.features import FeatureStore, read_failures
 from pipeline.images import ImageDecodeError, decode_image, discover_images
 
@@ -199,3 +199,156 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert _cli("--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--preset", "tiny",
                 "--weights", "random") == 1
     assert "image folder not found" in capsys.readouterr().err
+
+
+# -- the CUDA path's code, run on the CPU ----------------------------------------------------
+
+def _jpeg(rgb: np.ndarray, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", **save)
+    return buf.getvalue()
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[274] = orientation
+    return exif.tobytes()
+
+
+def write_device_path_images(folder: Path) -> list[str]:
+    """JPEGs of every kind the device decoder takes or refuses, a PNG, and a bad file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photo = _photo(150, 210, 3)
+    (folder / "j420.jpg").write_bytes(_jpeg(photo, quality=90))
+    (folder / "j444.jpg").write_bytes(_jpeg(photo, quality=90, subsampling=0))
+    (folder / "jprog.jpg").write_bytes(_jpeg(photo, progressive=True))
+    (folder / "jgray.jpg").write_bytes(_jpeg(photo[:, :, 0]))
+    (folder / "jrot6.jpg").write_bytes(_jpeg(photo, exif=_exif(6)))          # a phone's portrait photo
+    (folder / "jrot3.jpg").write_bytes(_jpeg(photo, exif=_exif(3)))
+    Image.new("CMYK", (120, 90), (0, 255, 0, 0)).save(folder / "jcmyk.jpg")   # to PIL
+    (folder / "jtrail.jpg").write_bytes(_jpeg(photo) + b"trailing bytes")      # to PIL
+    Image.fromarray(photo).save(folder / "png.png")
+    data = _jpeg(photo)
+    (folder / "jcut.jpg").write_bytes(data[: len(data) // 2])                  # to PIL, which refuses it
+    # a sound header and end, broken markers inside: the device's decoder refuses it, then PIL does
+    (folder / "jbad.jpg").write_bytes(data[:600] + b"\xff\xd0" * 200 + data[1000:])
+    return ["j420", "j444", "jprog", "jgray", "jrot6", "jrot3", "jcmyk", "jtrail", "png"]
+
+
+def test_exif_orientation_on_tensors_matches_pil():
+    import torch
+
+    from pipeline.images import apply_orientation, decode_image_data
+
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 7, 3)).astype(np.uint8)
+    for orientation in range(1, 9):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG", exif=_exif(orientation))
+        turned = apply_orientation(torch.from_numpy(rgb).permute(2, 0, 1), orientation).permute(1, 2, 0)
+        assert np.array_equal(turned.numpy(), decode_image_data(buf.getvalue())), orientation
+
+
+def test_only_jpegs_the_device_decodes_like_pil_go_to_it(tmp_path):
+    from pipeline.images import jpeg_for_device
+
+    write_device_path_images(tmp_path)
+    to_device = {p.stem for p in tmp_path.iterdir() if jpeg_for_device(p.read_bytes()) is not None}
+    assert to_device == {"j420", "j444", "jprog", "jgray", "jrot6", "jrot3", "jbad"}
+    assert jpeg_for_device((tmp_path / "jrot6.jpg").read_bytes()).orientation == 6
+
+
+def test_device_decoding_and_preparing_equal_the_decode_threads(tmp_path):
+    """The CUDA flow (bytes in threads, one batched decode_jpeg, upload, prepare on the
+    device) on the CPU, where torchvision's decoder is libjpeg-turbo like PIL's: the same
+    failures and the same rows, bit for bit one image at a time. In batches of 4 an image
+    that fails at the device stage leaves its batch smaller than the threads' batch, so
+    the padding differs: equal within the batch tolerance of tests/test_detector.py."""
+    ids = write_device_path_images(tmp_path)
+    entries = discover_images(tmp_path)
+    spec = resolve_spec("tiny", "random")
+    threads = Extractor(spec)
+    device = Extractor(spec, prepare_on_device=True, jpeg_on_device=True)
+    for bs in (1, 4):
+        a, fa = extract_images(entries, threads, batch_size=bs, feature_dtype="float32")
+        b, fb = extract_images(entries, device, batch_size=bs, feature_dtype="float32")
+        assert sorted(im.image_id for im in b) == sorted(ids) and fa == fb
+        assert [f["image_id"] for f in fb] == ["jbad", "jcut"]
+        assert "corrupt" in fb[0]["reason"] and "truncated" in fb[1]["reason"]
+        for x, y in zip(a, b):
+            assert (x.image_id, x.width, x.height) == (y.image_id, y.width, y.height)
+            assert np.array_equal(x.objects_id, y.objects_id) and np.array_equal(x.attrs_id, y.attrs_id)
+            if bs == 1:
+                assert np.array_equal(x.boxes, y.boxes) and np.array_equal(x.features, y.features)
+            else:
+                np.testing.assert_allclose(x.boxes, y.boxes, atol=0.01, rtol=0)
+                assert np.abs(x.features - y.features).max() <= 1e-5 * np.abs(x.features).max()
+    rot = next(im for im in b if im.image_id == "jrot6")
+    assert (rot.width, rot.height) == (150, 210)                                # upright frame
+
+
+@pytest.mark.parametrize("feature_dtype", ["float16", "float32"])
+def test_one_buffer_per_batch_gives_the_per_image_rows(tmp_path, tiny_extractor, feature_dtype):
+    from detector.preprocess import prepare_image
+    from pipeline.extract import pack_regions, regions_to_features, unpack_rows
+
+    write_good_images(tmp_path, 3, nested=False)
+    entries = discover_images(tmp_path)
+    prepared = [prepare_image(decode_image(e.path), tiny_extractor.cfg.input) for e in entries]
+    regions = tiny_extractor.extract_batch(prepared)
+    rows, failures = unpack_rows(pack_regions(regions, feature_dtype),
+                                 [(i, e, p.original_size) for i, (e, p) in enumerate(zip(entries, prepared))],
+                                 feature_dtype)
+    assert not failures
+    for e, p, r, row in zip(entries, prepared, regions.split(), rows):
+        ref = regions_to_features(e, p, r, feature_dtype)
+        assert (row.image_id, row.width, row.height) == (ref.image_id, ref.width, ref.height)
+        for name in ("boxes", "features", "objects_id", "objects_conf", "attrs_id", "attrs_conf"):
+            got, want = getattr(row, name), getattr(ref, name)
+            assert got.dtype == want.dtype and np.array_equal(got, want), name
+
+
+def test_float16_on_the_device_rounds_as_numpy():
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(100_000).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 100_000),
+                        np.array([65504, 65519.99, 65520, 1e-8, 6e-8, 2.98e-8, -0.0, np.nan, np.inf],
+                                 dtype=np.float32)])
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    got = torch.from_numpy(x).to(torch.float16).numpy()
+    assert np.array_equal(got.view(np.uint16)[:-2], want.view(np.uint16)[:-2])   # NaN payloads may differ
+    assert np.isnan(got[-2]) and np.isinf(got[-1])
+
+
+def test_writer_error_reaches_the_caller_and_stops_later_jobs():
+    import threading
+
+    from pipeline.extract import OrderedWriter
+
+    ran = []
+    writer = OrderedWriter(max_pending=2)
+    writer.submit(lambda: ran.append(1) or 1)
+
+    def fail():
+        raise OSError("disk full")
+    writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        for i in range(2, 50):           # raised at a later submit, once the failed job is done
+            writer.submit(lambda i=i: ran.append(i))
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    assert ran[:1] == [1] and len(ran) <= 3                        # jobs after the failure did not run
+    assert not [t for t in threading.enumerate() if t.name.startswith("rows")]
+
+
+def test_a_shard_that_cannot_be_published_leaves_nothing(tmp_path, tiny_extractor):
+    write_good_images(tmp_path / "imgs", 3, nested=False)
+    entries = discover_images(tmp_path / "imgs")
+    out = tmp_path / "out"
+    (out / "shard-00000.parquet").mkdir(parents=True)       # the final name is taken: the publish fails
+    with pytest.raises(OSError):
+        extract_shard(0, entries, out, tiny_extractor, batch_size=2)
+    assert [p.name for p in out.iterdir()] == ["shard-00000.parquet"]    # no temporary left behind
+    with pytest.raises(PipelineError, match="float16 or float32"):
+        extract_shard(1, entries, out, tiny_extractor, feature_dtype="int8")
