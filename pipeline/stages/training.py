@@ -7,8 +7,9 @@ Loop settings come in layers, later ones winning (`TrainConfig.from_layers`): th
 recipe, or on `--resume` the run's recorded settings; then an options file's `train:`
 section; then the flags. A resumed run must be the same run: its task options and loop
 settings must equal the record, except the settings that do not change what is computed
-step by step (`RESUME_FREE`: where it runs, how it reports, and the length, so a finished
-run can be extended with more steps).
+step by step (`RESUME_FREE`: where and how it runs (device, loader workers, torch.compile:
+the same numbers to rounding), how it reports, and the length, so a finished run can be
+extended with more steps).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pipeline.training import RunDir, TrainConfig, prepare_run
 
 log = logging.getLogger(__name__)
 
-RESUME_FREE = frozenset({"progress", "num_workers", "device", "steps", "epochs", "log_every",
+RESUME_FREE = frozenset({"progress", "num_workers", "device", "compile", "steps", "epochs", "log_every",
                          "checkpoint_every", "val_every", "keep_checkpoints"})
 
 

@@ -20,27 +20,33 @@ from pipeline.errors import PipelineError
 from pipeline.training.run_dir import RESUME
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every random stream a training step draws from: torch's CPU generator, numpy's,
+    Python's, and on a CUDA `device` that device's generator (dropout on the GPU). Only the
+    training device's: every rank seeds and draws alike, so rank 0's stream is each rank's
+    own, and asking for all devices would open a CUDA context on every card of the host."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": repr(random.getstate()),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore `rng_state`'s streams; the CUDA one onto `device` when both are CUDA (a run
+    resumed on another kind of device cannot continue its stream: it keeps its seed's)."""
     import ast
 
     torch.set_rng_state(state["torch"])
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     random.setstate(_tuples(ast.literal_eval(state["python"])))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _tuples(value: Any) -> Any:

@@ -23,7 +23,10 @@ class TrainConfig:
     eps: float = 1e-6
     warmup: float = 0.05             # fraction of the run spent warming up
     clip_norm: float | None = 1.0    # global gradient-norm clip; None = off
-    precision: str = "fp32"          # autocast dtype for forward passes
+    precision: str = "fp32"          # autocast dtype for forward passes; fp16 adds a gradient scaler
+    # torch.compile the model for the training steps: True = inductor, a string names another
+    # backend (e.g. "aot_eager"); checkpoints hold the plain module's weights either way
+    compile: bool | str = False
     seed: int = 9595
     log_every: int = 10              # steps between metrics.jsonl lines
     val_every: int | None = None     # steps between validations; None = at each epoch end
@@ -46,6 +49,8 @@ class TrainConfig:
             raise ValueError("steps / epochs must be positive")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.compile, (bool, str)) or self.compile == "":
+            raise ValueError(f"compile must be true, false or a torch.compile backend name, got {self.compile!r}")
         if self.batch_size <= 0 or self.grad_accum <= 0:
             raise ValueError("batch_size and grad_accum must be positive")
 

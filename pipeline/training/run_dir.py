@@ -2,6 +2,9 @@
 
     RUN/config.yaml                  everything needed to reproduce the run
     RUN/metrics.jsonl                one JSON line per logging step / validation
+    RUN/loop.jsonl                   how the loop ran in each logging window: seconds,
+                                     examples/s, the share spent waiting for data, (CUDA) peak
+                                     memory, (fp16) loss scale and skipped steps
     RUN/checkpoints/step-0000100/    model.safetensors + config.json + resume.pt
     RUN/final/                       the last checkpoint of a finished run
     RUN/best/                        the model of the best validation so far (with best.json),
@@ -27,6 +30,7 @@ from pipeline.errors import PipelineError
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+LOOP = "loop.jsonl"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 BEST = "best"
@@ -67,20 +71,30 @@ class RunDir:
             yaml.safe_dump(config, fh, sort_keys=False)
 
     # -- metrics ----------------------------------------------------------------------------
-    def log(self, record: dict[str, Any]) -> None:
-        with open(self.path / METRICS, "a", encoding="utf-8") as fh:
+    # metrics.jsonl holds what was computed (the same for a resumed run as for an
+    # uninterrupted one, but for examples_per_s); loop.jsonl how fast and how smoothly
+    def log(self, record: dict[str, Any], name: str = METRICS) -> None:
+        with open(self.path / name, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def metrics(self) -> list[dict[str, Any]]:
-        path = self.path / METRICS
+    def metrics(self, name: str = METRICS) -> list[dict[str, Any]]:
+        path = self.path / name
         if not path.exists():
             return []
         with open(path, encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
 
+    def loop_records(self) -> list[dict[str, Any]]:
+        """loop.jsonl: one line per training metrics line (see the module's docstring)."""
+        return self.metrics(LOOP)
+
     def truncate_metrics(self, step: int) -> None:
         """Drop lines logged after `step`: a resumed run's log reads like an uninterrupted one."""
-        path = self.path / METRICS
+        for name in (METRICS, LOOP):
+            self._truncate(self.path / name, step)
+
+    @staticmethod
+    def _truncate(path: Path, step: int) -> None:
         if not path.exists():
             return
         with open(path, encoding="utf-8") as fh:

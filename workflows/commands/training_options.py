@@ -33,6 +33,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, options_file: boo
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast dtype")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the model for the training steps (minutes of compiling first; "
+                             "an options file's `compile:` may name another backend)")
     parser.add_argument("--num-workers", "--loader-workers", type=int, dest="num_workers",
                         help="DataLoader worker processes per rank (default 0: in the training process)")
     parser.add_argument("--log-every", type=int, help="steps between metrics lines")
@@ -47,7 +50,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, options_file: boo
 
 
 _FLAGS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "optimizer", "warmup", "precision", "seed",
-          "device", "num_workers", "log_every", "checkpoint_every", "val_every")
+          "device", "compile", "num_workers", "log_every", "checkpoint_every", "val_every")
 
 
 def read_options_file(path: str | None) -> dict[str, Any]:
