@@ -23,8 +23,9 @@ from pipeline.stages.finetune import FinetuneOptions, finetune, prepare_finetune
 from pipeline.finetune.splits import read_nlvr2_split, read_vqa_split
 from pipeline.inputs.text import load_run_tokenizer
 from pipeline.readers.answers import AnswerVocab
-from pipeline.synth.oracle import write_oracle_store
+from pipeline.synth.oracle import oracle_images, write_oracle_store
 from pipeline.training import RunDir, TrainConfig
+from tests.helpers.feature_data import make_store
 from tests.helpers.finetune_world import make_world, pretraining_directory
 from tests.helpers.original_checkpoints import to_original_pretraining
 
@@ -153,6 +154,39 @@ def test_nlvr2_batches_pair_each_statement_with_its_two_images(tmp_path, world):
             np.testing.assert_array_equal(batch["visual_feats"][row, side, :regions.num_boxes].numpy(),
                                           regions.features.astype(np.float32))
         assert int(batch["labels"][row]) == examples[i].label
+
+
+@pytest.mark.parametrize("task", ["vqa", "nlvr2"])
+def test_batches_of_a_float16_store_ship_it_as_stored_and_predict_as_float32_would(tmp_path, world, task):
+    data, _ = world
+    images, meta = oracle_images(data, feature_dim=32)
+    meta.feature_dtype = "float16"                     # what `extract` writes
+    store = make_store(tmp_path / "float16", images, meta)
+    prepared = prepare_finetune(FinetuneOptions(task=task, features=str(store.directory), data=str(data),
+                                                preset="tiny"), tmp_path / "run")
+    source = prepared.train_data()
+    batch = source.make_batch(np.arange(6), np.random.default_rng(0), 0)
+    feats = batch["visual_feats"]
+    assert feats.dtype == torch.float16
+    example = prepared.examples(prepared.train_splits)[0]
+    first = store.get(example.image_ids[0] if task == "nlvr2" else example.image_id)
+    shown = feats[0, 0] if task == "nlvr2" else feats[0]
+    assert torch.equal(shown[:first.num_boxes], torch.from_numpy(np.array(first.features)))   # the stored bits
+    # the model converts on its side: the same outputs as from the float32 conversion of the batch
+    torch.manual_seed(0)
+    model = prepared.build_model().eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        shipped = prepared.logits(model(**inputs))
+        converted = prepared.logits(model(**{**inputs, "visual_feats": feats.float()}))
+    assert torch.equal(shipped, converted)
+    # and a DataLoader worker hands over the same batches
+    items = [np.arange(j * 4, j * 4 + 4) for j in range(2)]
+    loader = torch.utils.data.DataLoader(items, batch_size=None, num_workers=1,
+                                         collate_fn=lambda idx: source.make_batch(idx, np.random.default_rng(0), 0))
+    for idx, got in zip(items, loader):
+        here = source.make_batch(idx, np.random.default_rng(0), 0)
+        assert list(got) == list(here) and all(torch.equal(got[k], here[k]) for k in here)
 
 
 def test_language_only_batches_carry_no_image(tmp_path, world):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from model import LxmertConfig
 from pipeline.errors import PipelineError
@@ -27,6 +28,29 @@ def test_visual_batch_pads_variable_box_counts_and_normalises_boxes(tmp_path):
     inputs = batch.model_inputs()
     assert inputs["visual_feats"].shape == (2, 36, 16)
     assert inputs["visual_attention_mask"].tolist() == [[1.0] * 36, [1.0] * 10 + [0.0] * 26]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_the_store_s_own_dtype_ships_its_exact_values_without_conversion(tmp_path, dtype):
+    images = [make_image(i, num_boxes=k, dim=16) for i, k in enumerate((10, 36, 20))]
+    store = make_store(tmp_path / "s", images, make_metadata(dim=16, dtype=dtype))
+    ids = ["img000002", "img000000", "img000001"]
+    stored = read_visual(store, ids, dtype=None)
+    converted = read_visual(store, ids)
+    assert stored.features.dtype == np.dtype(dtype) and converted.features.dtype == np.float32
+    inputs = stored.model_inputs()
+    assert inputs["visual_feats"].dtype == getattr(torch, dtype)
+    np.testing.assert_array_equal(inputs["visual_feats"].numpy(), stored.features)
+    for i, image_id in enumerate(ids):
+        np.testing.assert_array_equal(stored.features[i, :store.get(image_id).num_boxes], store.get(image_id).features)
+    np.testing.assert_array_equal(stored.features.astype(np.float32), converted.features)
+    assert (stored.features[1, 10:] == 0).all() and (stored.features[0, 20:] == 0).all()
+    for name in ("boxes", "mask", "objects_id", "objects_conf", "attrs_id", "attrs_conf"):
+        np.testing.assert_array_equal(getattr(stored, name), getattr(converted, name))
+    # fewer boxes than stored: the first ones of each image
+    cut = read_visual(store, ids, num_boxes=12, dtype=None)
+    assert cut.features.shape == (3, 12, 16) and cut.mask.sum() == 10 + 12 + 12
+    np.testing.assert_array_equal(cut.features[2], store.get("img000001").features[:12])
 
 
 def test_unpadded_batch_passes_no_visual_mask(tmp_path):

@@ -2,8 +2,10 @@
 
 Sentences are tokenised once, when the source is built (the reference pads every sentence
 to 20 tokens, [CLS] and [SEP] included); images are read from the feature store per batch
-through the shared `read_visual`. A source holds arrays and the store's path only, so it
-pickles cheaply to DataLoader workers and Dask ranks; the store opens lazily in each process.
+through the shared `read_visual`, features in the store's dtype (float16): the CPU gathers
+bytes, the model converts them on the device (pipeline/inputs/visual.py). A source holds
+arrays and the store's path only, so it pickles cheaply to DataLoader workers and Dask
+ranks; the store opens lazily in each process.
 
 Language-only runs (the text-only baseline) replace every image by one all-zero region with
 an all-zero box: the cross-modality layers then see a constant, exactly as if every region's
@@ -21,6 +23,7 @@ import torch
 from model.modeling_lxmert import IGNORE_INDEX
 from pipeline.finetune.splits import PairExample, QuestionExample
 from pipeline.inputs import read_visual
+from pipeline.inputs.batch_memory import batch_tensors
 
 TARGET_KINDS = ("soft", "index")
 
@@ -52,19 +55,23 @@ class _TokenisedExamples:
             self._store = FeatureStore(self.store_path)
         return self._store
 
-    def text_inputs(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(self.input_ids[indices].astype(np.int64))
-        return {"input_ids": ids, "attention_mask": (ids != self.pad_id).long(),
-                "token_type_ids": torch.zeros_like(ids)}
+    def text_inputs(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        ids = self.input_ids[indices].astype(np.int64)
+        return {"input_ids": ids, "attention_mask": (ids != self.pad_id).astype(np.int64),
+                "token_type_ids": np.zeros_like(ids)}
 
-    def visual_inputs(self, image_ids: list[str]) -> dict[str, torch.Tensor]:
-        """(len(image_ids), N, D) features and boxes, and a box mask when boxes were padded."""
+    def visual_inputs(self, image_ids: list[str]) -> dict[str, np.ndarray | torch.Tensor]:
+        """(len(image_ids), N, D) features (the store's dtype) and boxes, and a box mask when
+        boxes were padded."""
         if self.language_only:
             n = len(image_ids)
             dim = self.store.metadata.feature_dim
-            return {"visual_feats": torch.zeros(n, 1, dim), "visual_pos": torch.zeros(n, 1, 4)}
-        inputs = read_visual(self.store, image_ids).model_inputs()
-        return {k: v for k, v in inputs.items() if v is not None}
+            return {"visual_feats": np.zeros((n, 1, dim), np.float32), "visual_pos": np.zeros((n, 1, 4), np.float32)}
+        visual = read_visual(self.store, image_ids, dtype=None)
+        inputs = {"visual_feats": visual.feature_tensor, "visual_pos": visual.boxes}
+        if visual.padded:   # only padding needs a visual mask (the reference's 36 boxes never do)
+            inputs["visual_attention_mask"] = visual.mask
+        return inputs
 
 
 class QuestionBatches(_TokenisedExamples):
@@ -96,14 +103,14 @@ class QuestionBatches(_TokenisedExamples):
             labels = np.zeros((len(indices), self.num_answers), np.float32)
             for row, i in enumerate(indices):
                 labels[row, self.target_rows[i]] = self.target_scores[i]
-            batch["labels"] = torch.from_numpy(labels)
+            batch["labels"] = labels
         elif self.targets == "index":
             labels = np.full(len(indices), IGNORE_INDEX, np.int64)
             for row, i in enumerate(indices):
                 if len(self.target_scores[i]):
                     labels[row] = self.target_rows[i][int(np.argmax(self.target_scores[i]))]
-            batch["labels"] = torch.from_numpy(labels)
-        return batch
+            batch["labels"] = labels
+        return batch_tensors(batch)   # in a DataLoader worker: one shared block, sent as it is
 
 
 class PairBatches(_TokenisedExamples):
@@ -124,5 +131,5 @@ class PairBatches(_TokenisedExamples):
         b = len(indices)
         batch.update({k: v.reshape(b, 2, *v.shape[1:]) for k, v in visual.items()})
         if self.labelled:
-            batch["labels"] = torch.from_numpy(self.labels[indices])
-        return batch
+            batch["labels"] = self.labels[indices]
+        return batch_tensors(batch)

@@ -2,6 +2,7 @@
 
 - `visual.py`: a batch of images from the feature store as padded arrays (features,
   normalised boxes, box mask, detector labels).
+- `batch_memory.py`: batch tensors a DataLoader worker hands over without copying them again.
 - `text.py`: the run's tokenizer (given, or learnt on the run's corpus and saved with it).
 - `model_config.py`: an `LxmertConfig` that fits a feature store, and the check that a
   store fits a model.

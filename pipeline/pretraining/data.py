@@ -10,9 +10,30 @@ same in any process, worker or resumed run), in this order:
    sentence is about its own image's detections: a statement whose truth is the matching
    label, or (the other half) a question (grounding.py);
 2. masked LM on every WordPiece of the (possibly swapped) sentence;
-3. masked objects on the real boxes (80% zeroed / 10% another image's RoI / 10% kept);
+3. masked objects on the real boxes (80% zeroed / 10% another image's RoI / 10% kept):
+   drawn here, applied by `model_batch` on the device (below);
 4. the QA answer, sampled by soft score, for matched rows with a label (from `qa_from_epoch`);
    for a grounding row, the answer to its question.
+
+The batch (torch tensors; B rows, N boxes, D feature dims, T = 20 tokens):
+
+    input_ids, attention_mask, token_type_ids, labels   (B, T) int64   masked LM
+    matched_label, ans, source                          (B,) int64
+    visual_feats    (B, N, D) the store's dtype (float16), the features as stored, NOT masked
+    visual_pos      (B, N, 4) float32;  visual_attention_mask (B, N) float32, only when padded
+    obj_ids, attr_ids (B, N) int64;  obj_conf, attr_conf (B, N) float32
+    feat_mask       (B, N) float32  the masked boxes (the visual losses' weights)
+    feat_zero       (K0,) int64     masked boxes whose feature becomes 0, as flat box positions
+                                    (image * N + box)
+    feat_swap       (2, K1) int64   flat box positions: box [0, k] takes the feature of [1, k]
+    answer_scores   (B, answers) float32, validation only
+
+`model_batch(batch)`, called by the job's forward once the batch is on the device, applies
+the masks: `visual_feats` becomes the masked copy and `feat_targets` (the feature regression
+target) is the shipped tensor itself. The float16 features cross to the device once, and the
+CPU never converts or copies them (docs/scale.md: that was most of the loader's CPU). The
+masked features, converted to float32 by the model, are bit for bit those the reference's
+CPU masking gives (tests/test_pretrain_data.py).
 
 Pickling carries paths only: each process memory-maps the examples and the store itself.
 """
@@ -22,12 +43,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
+from pipeline.inputs.batch_memory import batch_tensors
 from pipeline.inputs.visual import read_visual
 from pipeline.pretraining.examples import ExampleTable
 from pipeline.pretraining.grounding import load_questions, sample_presence
-from pipeline.pretraining.masking import IGNORE, mask_objects, mask_tokens, mismatch, sample_answers
+from pipeline.pretraining.masking import (IGNORE, ObjectMasks, apply_object_masks, draw_object_masks,
+                                          mask_tokens, mismatch, sample_answers)
 from pipeline.pretraining.options import PretrainOptions
 
 
@@ -76,7 +98,7 @@ class PretrainingData:
         rows = np.asarray(indices, np.int64)
         images = t.image_index[rows].astype(np.int64)
 
-        visual = read_visual(self.store, [t.image_ids[i] for i in images])
+        visual = read_visual(self.store, [t.image_ids[i] for i in images], dtype=None)
         # grounding rows: every row in the warm-up, a `grounding_rate` share of each batch after it
         if epoch < opts.grounding_warmup_epochs:
             grounded = np.ones(len(rows), bool)
@@ -109,9 +131,9 @@ class PretrainingData:
             input_ids, mlm_labels = ids, np.full_like(ids, IGNORE)
 
         if {"obj", "attr", "feat"} & set(opts.tasks):
-            features, feat_mask = mask_objects(visual.features, visual.mask > 0, rng, rate=opts.obj_mask_rate)
+            objects = draw_object_masks(visual.mask > 0, rng, rate=opts.obj_mask_rate)
         else:
-            features, feat_mask = visual.features, np.zeros_like(visual.mask)
+            objects = ObjectMasks.none(*visual.mask.shape)
 
         labels = t.labels(rows)
         if "qa" in opts.tasks and epoch >= opts.qa_from_epoch and not grounded.all():
@@ -122,11 +144,11 @@ class PretrainingData:
             ans[grounded] = grounding_ans
         batch = {
             "input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(ids),
-            "visual_feats": features, "visual_pos": visual.boxes,
+            "visual_feats": visual.feature_tensor, "visual_pos": visual.boxes,
             "labels": mlm_labels, "matched_label": matched, "ans": ans,
             "obj_ids": visual.objects_id, "obj_conf": visual.objects_conf,
             "attr_ids": visual.attrs_id, "attr_conf": visual.attrs_conf,
-            "feat_targets": visual.features, "feat_mask": feat_mask,
+            "feat_mask": objects.chosen.astype(np.float32), "feat_zero": objects.zero, "feat_swap": objects.swap,
             "source": t.source[rows].astype(np.int64),
         }
         if visual.padded:   # only padding needs a visual mask (the reference's 36 boxes never do)
@@ -137,4 +159,16 @@ class PretrainingData:
                 for a, s in (label or {}).items():
                     scores[i, a] = s
             batch["answer_scores"] = scores
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+        return batch_tensors(batch)   # in a DataLoader worker: one shared block, sent as it is
+
+
+def model_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch as the model takes it: the object masks applied to `visual_feats` where the
+    batch now is (the device), `feat_targets` the unmasked features (the same tensor, not a
+    copy), `feat_zero` / `feat_swap` spent. A batch already in this form is returned as is."""
+    if "feat_swap" not in batch:
+        return batch
+    out = {k: v for k, v in batch.items() if k not in ("feat_zero", "feat_swap")}
+    out["visual_feats"] = apply_object_masks(batch["visual_feats"], batch["feat_zero"], batch["feat_swap"])
+    out["feat_targets"] = batch["visual_feats"]
+    return out

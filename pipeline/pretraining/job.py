@@ -27,7 +27,7 @@ import torch
 from model import LxmertConfig, LxmertForPreTraining, save_pretrained
 from model.tokenizer import TOKENIZER_NAME, VOCAB_NAME
 from pipeline.inputs.text import TOKENIZER_DIR
-from pipeline.pretraining.data import PretrainingData
+from pipeline.pretraining.data import PretrainingData, model_batch
 from pipeline.pretraining.examples import is_complete
 from pipeline.pretraining.masking import IGNORE
 from pipeline.pretraining.options import TASKS, PretrainOptions
@@ -93,6 +93,11 @@ class PretrainingJob:
         return words.masked_fill(~keep, IGNORE)
 
     def _forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+        """The model on `batch`, as the loader made it or already through `model_batch`.
+
+        The object masks are applied here, on the batch's device: the loader ships the float16
+        features once, unmasked, with the masks it drew (data.py)."""
+        batch = model_batch(batch)
         weights = {}
         if self.options.qa_weight != 1.0:
             weights["qa"] = self.options.qa_weight
@@ -127,6 +132,7 @@ class PretrainingJob:
         asked = {view: collections.defaultdict(int) for view in ("", "_other_image")}
         rows = 0
         for batch in batches:
+            batch = model_batch(batch)   # the other-image view below shows the masked features
             b = len(batch["ans"])
             rows += b
             out = self._forward(model, batch)
