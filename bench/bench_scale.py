@@ -23,8 +23,15 @@ Stages (each a `measure_*` function; the size it is measured against in brackets
              NLVR2 train                                                       [questions]
 - evaluate   `evaluate --predictions` on VQA val2014, GQA testdev-all (consistency), NLVR2 dev [questions]
 - store      extraction bookkeeping: listing a folder of one empty file per image and cutting it
-             into shards, `finalize_store` on a complete store (an `extract` re-run's last step),
-             `features verify`, opening the store (its index)                   [images]
+             into shards, an `extract` re-run's bookkeeping (the skip check over every shard,
+             then `finalize_store`) the plain way and the way `extract` does it, `features
+             verify`, opening the store (its index)                              [images]
+- writer     the shard writer on one shard of the store's images (1000), plain and one-copy:
+             seconds, table-building seconds, transient memory                  [images]
+- checkpoint a `base` run's checkpoint (~210M parameters with the optimiser's state): building
+             the model, loading and saving a checkpoint the way the training loop does, then
+             `lxmert-pipeline pretrain --resume` in a fresh process: the seconds from its start
+             to its first step                                                 [parameters]
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-STAGES = ("prep", "corpus", "loader", "finetune", "evaluate", "store")
+STAGES = ("prep", "corpus", "loader", "finetune", "evaluate", "store", "writer", "checkpoint")
 LOADER_WORKERS = (0, 2, 4, 8)
 LOADER_BATCH = 64
 
@@ -86,6 +93,12 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system, every thread) this process used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- the stages (each runs in its own process) ---------------------------------------------------
 
 def measure_prep(world: Path, rows: Rows) -> None:
@@ -97,12 +110,32 @@ def measure_prep(world: Path, rows: Rows) -> None:
     run = world / "bench" / "pretrain-run"
     shutil.rmtree(run, ignore_errors=True)
     run.parent.mkdir(parents=True, exist_ok=True)
+    cpu = cpu_seconds()
     (task, summary), seconds = _timed(lambda: prepare_pretraining(
         world / "features", world / "data", run, preset="base", vocab=world / "data" / "vocab.txt"))
     counts = read_counts(run / "data" / "train")
-    rows.add("prepare", counts.examples, seconds, images=counts.images, disk_mb=round(disk_mb(run / "data"), 1),
-             missing_images=counts.missing_images)
+    rows.add("prepare", counts.examples, seconds, cpu_s=round(cpu_seconds() - cpu, 1), images=counts.images,
+             disk_mb=round(disk_mb(run / "data"), 1), missing_images=counts.missing_images)
     _write_loader_spec(world, run, world / "features")
+
+
+def measure_prep_again(world: Path, rows: Rows) -> None:
+    """A second `prepare_pretraining` into the prepared run (a run stopped after preparing, or
+    during it, started again): complete steps are reused, not prepared again."""
+    from pipeline.pretraining.examples import read_counts
+    from pipeline.stages.pretrain import prepare_pretraining
+
+    run = world / "bench" / "pretrain-run"
+    def identity(path: Path) -> tuple[int, int]:   # a rewrite moves the mtime, even onto a reused inode
+        return path.stat().st_ino, path.stat().st_mtime_ns
+
+    before = {p: identity(p) for p in (run / "data").rglob("*.npy")}
+    cpu = cpu_seconds()
+    _, seconds = _timed(lambda: prepare_pretraining(
+        world / "features", world / "data", run, preset="base", vocab=world / "data" / "vocab.txt"))
+    rewritten = sum(1 for p, key in before.items() if identity(p) != key)
+    rows.add("prepare again (complete: reused)", read_counts(run / "data" / "train").examples, seconds,
+             cpu_s=round(cpu_seconds() - cpu, 1), arrays_rewritten=rewritten)
 
 
 def _write_loader_spec(world: Path, run: Path, features: Path) -> None:
@@ -257,11 +290,12 @@ def measure_evaluate(world: Path, rows: Rows) -> None:
 
 
 def measure_store(world: Path, rows: Rows) -> None:
-    from pipeline.features import FeatureStore
+    from pipeline.features import FeatureStore, ShardReads
+    from pipeline.features.integrity import VERIFIED
     from pipeline.features.manifest import finalize_store, load_manifest, verify_store
     from pipeline.features.schema import StoreMetadata
     from pipeline.images import discover_images
-    from pipeline.stages.extract import cut_shards
+    from pipeline.stages.extract import _stored_shard_ids, cut_shards
 
     store = world / "features"
     manifest = load_manifest(store)
@@ -273,11 +307,28 @@ def measure_store(world: Path, rows: Rows) -> None:
         for image_id in scale_world.image_ids(manifest_fraction(manifest)):
             (folder / f"{image_id}.jpg").touch()
     entries, seconds = _timed(lambda: discover_images(folder))
-    _, cut = _timed(lambda: cut_shards(entries, 1000))
+    shards, cut = _timed(lambda: cut_shards(entries, 1000))
     rows.add("list + shard the image folder", len(entries), seconds + cut)
     meta = StoreMetadata.from_dict(manifest["metadata"])
-    _, seconds = _timed(lambda: finalize_store(store, meta))
-    rows.add("finalize_store (re-run)", n, seconds)
+
+    def rerun(shared: bool) -> dict:
+        """An extract re-run's bookkeeping on a complete store: the skip check of every shard,
+        then finalize_store (extract.py). `shared`: the skip check's reads go to finalize_store."""
+        reads = ShardReads()
+        t0 = time.perf_counter()
+        for i, shard in enumerate(shards):
+            assert _stored_shard_ids(store, i, shard, meta, reads) is not None
+        t1 = time.perf_counter()
+        finalize_store(store, meta, (), reads if shared else None)
+        return {"skip_check_s": round(t1 - t0, 2), "finalize_s": round(time.perf_counter() - t1, 2)}
+
+    # plain, as before issue 25's fix: ids read again by finalize_store, and without a stamp to
+    # vouch for them every shard is hashed (the old finalize_store hashed every shard not handed in)
+    (store / VERIFIED).unlink(missing_ok=True)
+    parts, seconds = _timed(lambda: rerun(False))
+    rows.add("extract re-run bookkeeping, plain (ids twice, every shard hashed)", n, seconds, **parts)
+    parts, seconds = _timed(lambda: rerun(True))
+    rows.add("extract re-run bookkeeping (ids once, stamp vouches)", n, seconds, **parts)
     problems, seconds = _timed(lambda: verify_store(store))
     gb = sum(s["num_bytes"] for s in manifest["shards"]) / 1e9
     rows.add("features verify", n, seconds, gb=round(gb, 2), gb_per_s=round(gb / seconds, 2), problems=len(problems))
@@ -285,13 +336,183 @@ def measure_store(world: Path, rows: Rows) -> None:
     rows.add("open the store (index)", n, seconds)
 
 
+def _plain_binary_array(arrays, dtype):
+    """The shard writer's feature column before issue 25 (kept to compare): every array
+    converted, copied to a bytes object, then copied again to join them."""
+    import numpy as np
+    import pyarrow as pa
+
+    blobs = [np.ascontiguousarray(a, dtype=dtype) for a in arrays]
+    sizes = np.fromiter((b.nbytes for b in blobs), dtype=np.int64, count=len(blobs))
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    data = b"".join(np.ascontiguousarray(b).tobytes() for b in blobs)
+    return pa.Array.from_buffers(pa.binary(), len(blobs), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def measure_shard_writer(world: Path, rows: Rows, images: int = 1000, repeats: int = 5) -> None:
+    """`write_shard` of one shard of the store's images (float16, 36 x 2048), with the plain
+    feature column and the one-copy one, alternated; best of `repeats` for the whole write and
+    for building its Arrow table alone (where the copies are: `table_s`), and the transient
+    memory of building the table (tracemalloc, a separate pass)."""
+    import shutil
+    import tempfile
+    import tracemalloc
+
+    import pipeline.features.shard as shard
+    from pipeline.features import FeatureStore
+
+    store = FeatureStore(world / "features")
+    batch = store.get_many(store.image_ids[:images])
+    one_copy = shard._binary_array
+    variants = {"plain (2 copies)": _plain_binary_array, "one copy": one_copy}
+    best = {name: float("inf") for name in variants}
+    best_table = dict(best)
+    sha = {}
+    tmp = Path(tempfile.mkdtemp(dir=world / "bench"))
+    try:
+        shard.write_shard(tmp / "warm.parquet", batch, store.metadata)     # page in the source rows
+        for _ in range(repeats):
+            for name, binary in variants.items():
+                shard._binary_array = binary
+                info, seconds = _timed(lambda: shard.write_shard(tmp / f"{len(sha)}.parquet", batch, store.metadata))
+                best[name] = min(best[name], seconds)
+                sha.setdefault(name, info.sha256)
+                _, seconds = _timed(lambda: shard.images_to_table(batch, store.metadata))
+                best_table[name] = min(best_table[name], seconds)
+        peaks = {}
+        for name, binary in variants.items():
+            shard._binary_array = binary
+            tracemalloc.start()
+            shard.images_to_table(batch, store.metadata)
+            peaks[name] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+    finally:
+        shard._binary_array = one_copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    same = len(set(sha.values())) == 1
+    for name in variants:
+        rows.add(f"write_shard {len(batch)} images, {name}", len(batch), best[name],
+                 table_s=round(best_table[name], 3), table_transient_mb=round(peaks[name], 1), same_bytes=same)
+
+
+def measure_checkpoint(world: Path, rows: Rows, preset: str = "base") -> None:
+    """A run of `preset` with one step and its checkpoint (prepared from the world's corpus,
+    without a validation split so nothing but the step runs), then, in this process, what the
+    training loop does with a checkpoint: load it (weights, optimiser, schedule), save one."""
+    import shutil
+
+    from pipeline.stages.executor import InProcess
+    from pipeline.stages.pretrain import pretrain, resumed_task
+    from pipeline.training import RunDir, TrainConfig
+    from pipeline.training.checkpoint import load_resume, load_weights, rng_state, save_resume
+    from pipeline.training.optim import build_optimizer
+    from pipeline.training.schedule import warmup_linear_schedule
+
+    run, data = world / "bench" / "checkpoint-run", _checkpoint_data(world)
+    shutil.rmtree(run, ignore_errors=True)
+    _, first = _timed(lambda: pretrain(world / "features", data, run, InProcess(), preset=preset,
+                                       vocab=world / "data" / "vocab.txt", layers=[CHECKPOINT_RUN]))
+    run_dir = RunDir(run)
+    ckpt = run_dir.latest_checkpoint()
+    task = resumed_task(run_dir)
+    config = TrainConfig.from_layers(run_dir.read_config()["train"])
+    model, t_build = _timed(task.build_model)
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                                betas=config.betas, eps=config.eps)
+    scheduler = warmup_linear_schedule(optimizer, config.warmup, 1)
+
+    def load() -> dict:
+        load_weights(model, ckpt)
+        state = load_resume(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return state
+
+    state, t_load = _timed(load)
+
+    def write(directory: Path) -> None:   # the training loop's checkpoint writer
+        task.save_model(model, directory)
+        save_resume(directory, step=state["step"], epoch=state["epoch"], total_steps=state["total_steps"],
+                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=state["scaler"],
+                    rng=rng_state())
+
+    saved, t_save = _timed(lambda: run_dir.save_checkpoint(10**6, write, keep=0))
+    size = round(disk_mb(saved), 1)
+    shutil.rmtree(saved)
+    (world / "bench" / "checkpoint.json").write_text(json.dumps({"parameters": params, "preset": preset}))
+    rows.add("first run: prepare + 1 step + checkpoint", params, first)
+    rows.add("build the model", params, t_build)
+    rows.add("load checkpoint (weights + optimiser state)", params, t_load, disk_mb=size)
+    rows.add("save checkpoint", params, t_save, disk_mb=size)
+
+
+CHECKPOINT_RUN = dict(steps=1, batch_size=2, checkpoint_every=1, log_every=1, progress=False, num_workers=0,
+                      precision="fp32")
+
+
+def _checkpoint_data(world: Path) -> Path:
+    """The world's training json without its validation file (a run that only steps)."""
+    data = world / "bench" / "checkpoint-data"
+    (data / "lxmert").mkdir(parents=True, exist_ok=True)
+    for name in ("mscoco_train", "mscoco_nominival", "vgnococo"):
+        link = data / "lxmert" / f"{name}.json"
+        if not link.exists():
+            link.symlink_to(world / "data" / "lxmert" / f"{name}.json")
+    return data
+
+
+def measure_resume(world: Path, rows: Rows, timeout_s: float = 1800) -> None:
+    """`lxmert-pipeline pretrain --resume` on the checkpoint run, one more step, in a fresh
+    process (as a user or a scheduler restarts it): seconds from its start to the step's
+    metrics line, and how much of that the step itself took (its logged examples/s)."""
+    run, data = world / "bench" / "checkpoint-run", _checkpoint_data(world)
+    metrics = run / "metrics.jsonl"
+    step = max(json.loads(line)["step"] for line in metrics.read_text().splitlines())
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "workflows.cli", "pretrain", "--features", str(world / "features"),
+               "--data", str(data), "--out", str(run), "--resume", "--steps", str(step + 1), "--workers", "1",
+               "--no-progress"]
+    log_path = world / "bench" / "resume.log"
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=log,
+                                stderr=subprocess.STDOUT)
+    line = None
+    while line is None:
+        if proc.poll() is not None or time.perf_counter() - t0 > timeout_s:
+            break
+        time.sleep(0.05)
+        line = next((x for x in map(_json_or_none, metrics.read_text().splitlines())
+                     if x and x.get("step") == step + 1 and x.get("split") != "val"), None)
+    first_step = time.perf_counter() - t0
+    code = proc.wait(timeout=timeout_s)
+    total = time.perf_counter() - t0
+    if line is None or code != 0:
+        raise RuntimeError(f"pretrain --resume failed (exit {code}); see {log_path}")
+    step_s = CHECKPOINT_RUN["batch_size"] / line["examples_per_s"]
+    params = json.loads((world / "bench" / "checkpoint.json").read_text())["parameters"]
+    rows.add("pretrain --resume: start to first step logged", params, first_step,
+             step_s=round(step_s, 2), startup_s=round(first_step - step_s, 2), exit_s=round(total, 2))
+
+
 def manifest_fraction(manifest: dict) -> float:
     import scale_world
     return manifest["num_images"] / scale_world.REAL["store_images"]
 
 
-MEASURES = {"prep": (measure_prep, measure_reopen), "corpus": (measure_corpus,), "loader": (measure_loader,), "finetune": (measure_finetune,),
-            "evaluate": (measure_evaluate,), "store": (measure_store,)}
+def _json_or_none(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:   # a line being written
+        return None
+
+
+MEASURES = {"prep": (measure_prep, measure_reopen, measure_prep_again), "corpus": (measure_corpus,),
+            "loader": (measure_loader,), "finetune": (measure_finetune,), "evaluate": (measure_evaluate,),
+            "store": (measure_store,), "writer": (measure_shard_writer,),
+            "checkpoint": (measure_checkpoint, measure_resume)}
 
 
 def run_child(world: Path, stage: str, step: int) -> None:
@@ -324,7 +545,12 @@ def table(rows: list[dict]) -> str:
         rs.sort(key=lambda r: r["size"])
         t_exp = growth([(r["size"], r["seconds"]) for r in rs])
         m_exp = growth([(r["size"], r["rss_mb"]) for r in rs])
-        extra = {k: [r[k] for r in rs] for k in rs[0] if k not in ("stage", "step", "size", "seconds", "rss_mb", "load", "world")}
+        extra = {k: [r.get(k) for r in rs] for k in rs[0]
+                 if k not in ("stage", "step", "size", "seconds", "rss_mb", "load", "world")}
+        if all(r.get("cpu_s") for r in rs):   # CPU time: the growth a shared machine's wall time blurs
+            cpu_exp = growth([(r["size"], r["cpu_s"]) for r in rs])
+            if cpu_exp is not None:
+                extra["cpu_exp"] = round(cpu_exp, 2)
         sizes = " / ".join(str(r["size"]) for r in rs)
         seconds = " / ".join(f"{r['seconds']:.2f}" for r in rs)
         rss = " / ".join(f"{r['rss_mb']:.0f}" for r in rs)

@@ -125,9 +125,10 @@ def shard_images(ids: list[str], pool: np.ndarray, rng: np.random.Generator) -> 
 
 
 def write_store(out: Path, fraction: float, seed: int = 0, shard_size: int = SHARD_SIZE) -> dict:
-    """The feature store, one shard in memory at a time; complete shards are kept on a re-run."""
+    """The feature store, one shard in memory at a time; complete shards are kept on a re-run.
+    Shard k holds the k-th `shard_size` ids in sorted order, as `extract` cuts a folder."""
     out.mkdir(parents=True, exist_ok=True)
-    ids, meta, pool = image_ids(fraction), store_metadata(), feature_pool(seed)
+    ids, meta, pool = sorted(image_ids(fraction)), store_metadata(), feature_pool(seed)
     infos = []
     for k, a in enumerate(range(0, len(ids), shard_size)):
         path = out / shard_name(k)

@@ -195,3 +195,41 @@ def test_a_directory_symlink_loop_is_reported_once_and_skipped(tmp_path, caplog)
     assert len(warnings) == 2
     assert any("inner/dirloop: a symlink loop to" in w and w.endswith(f"{zoo}, already searched") for w in warnings)
     assert any("a second path to" in w for w in warnings)
+
+
+# -- issue 25: a re-run's bookkeeping reads each shard once and hashes none it can trust --------------
+
+def _manifest_shards(store: Path) -> list[dict]:
+    return json.loads((store / "manifest.json").read_text())["shards"]
+
+
+def test_a_rerun_reads_each_shards_ids_once_and_hashes_no_unchanged_shard(tmp_path, spec, monkeypatch):
+    import pipeline.features.manifest as manifest
+    from pipeline.features import finalize_store
+    from pipeline.features.integrity import VERIFIED
+
+    calls = {"ids": [], "hashed": []}
+    for name, key in (("shard_image_ids", "ids"), ("file_sha256", "hashed")):
+        real = getattr(manifest, name)
+        monkeypatch.setattr(manifest, name, lambda path, *a, _real=real, _key=key, **kw:
+                            calls[_key].append(Path(path).name) or _real(path, *a, **kw))
+    _write_images(tmp_path / "imgs", "img", 10)
+    store = tmp_path / "store"
+    first = _extract(tmp_path / "imgs", store, spec)
+    assert first.shards_written == 3
+    assert calls["hashed"] == []                         # the writers' checksums are handed in
+    written = _manifest_shards(store)
+    past = store.stat().st_mtime - 3600                  # shards a user re-runs on are not seconds old
+    for p in store.iterdir():
+        os.utime(p, (past, past))
+    FeatureStore(store)                                  # a reader hashed them once and stamped them
+    calls["ids"].clear()
+    again = _extract(tmp_path / "imgs", store, spec)
+    assert (again.extracted, again.shards_written, again.shards_skipped) == (10, 0, 3)
+    assert sorted(calls["ids"]) == [f"shard-0000{i}.parquet" for i in range(3)]     # once each
+    assert calls["hashed"] == []
+    assert _manifest_shards(store) == written
+    monkeypatch.undo()
+    (store / VERIFIED).unlink()                                              # the plain path: hash everything
+    finalize_store(store, FeatureStore(store, verify="never").metadata)
+    assert _manifest_shards(store) == written

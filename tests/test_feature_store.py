@@ -1,9 +1,8 @@
-import json
-import os
 import pickle
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,6 +13,9 @@ from pipeline.errors import PipelineError
 from pipeline.features import (FeatureStore, finalize_store, load_manifest, read_shard_metadata, shard_name,
                                verify_store, write_shard)
 from tests.helpers.feature_data import make_image, make_metadata
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_scale  # noqa: E402  (the shard writer's column as it was, the plain path of its fast one)
 
 
 def build_store(directory, n=60, per_shard=25, dim=64, dtype="float16", vary_boxes=True):
@@ -197,3 +199,56 @@ def test_zero_copy_path_matches_pyarrow_decoding(tmp_path, compression):
         np.testing.assert_array_equal(a.boxes, b.boxes)
     uses_mmap = fast._mapped(0) is not None
     assert uses_mmap == (compression is None)
+
+
+def _every_layout(dim: int) -> list:
+    """Features as a detector or a converter may hand them over: float32 and float16, no boxes,
+    a Fortran-ordered array, a strided view, big-endian."""
+    images = [make_image(i, num_boxes=n, dim=dim) for i, n in enumerate([10, 0, 36, 1, 7, 12])]
+    images[2].features = np.asfortranarray(images[2].features)
+    images[3].features = images[3].features.astype(">f4")
+    images[4].features = images[4].features.astype(np.float16)
+    wide = np.repeat(images[5].features, 2, axis=1)
+    images[5].features = wide[:, ::2]
+    assert not images[5].features.flags.c_contiguous
+    return images
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_the_shard_writer_writes_the_same_bytes_as_the_plain_path(tmp_path, dtype, monkeypatch):
+    import pipeline.features.shard as shard
+
+    meta = make_metadata(dim=48, dtype=dtype)
+    images = _every_layout(48)
+    write_shard(tmp_path / "once.parquet", images, meta)
+    monkeypatch.setattr(shard, "_binary_array", bench_scale._plain_binary_array)
+    write_shard(tmp_path / "plain.parquet", images, meta)
+    assert (tmp_path / "once.parquet").read_bytes() == (tmp_path / "plain.parquet").read_bytes()
+
+
+def test_the_shard_writer_copies_the_features_once(monkeypatch):
+    """Transient memory of building a shard's table: the features once (the column's buffer),
+    where the plain path held them twice (float16 in) or three times (float32 in, converted)."""
+    import tracemalloc
+
+    import pipeline.features.shard as shard
+
+    meta = make_metadata(dim=512)
+    images = [make_image(i, num_boxes=36, dim=512) for i in range(48)]
+    for im in images:
+        im.features = im.features.astype(np.float16)
+    stored = sum(im.features.nbytes for im in images)
+
+    def peak() -> int:
+        tracemalloc.start()
+        try:
+            shard.images_to_table(images, meta)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    once = peak()
+    monkeypatch.setattr(shard, "_binary_array", bench_scale._plain_binary_array)
+    plain = peak()
+    assert stored <= once < 1.3 * stored, (once, stored)
+    assert plain >= 1.9 * stored, (plain, stored)

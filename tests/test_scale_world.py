@@ -16,7 +16,6 @@ from pipeline.errors import PipelineError
 from pipeline.features import FeatureStore
 from pipeline.features.manifest import verify_store
 from pipeline.pretraining.examples import _answer_ids
-from pipeline.pretraining.masking import mask_objects
 from pipeline.readers.answers import AnswerVocab, convert_ans
 from pipeline.readers.lxmert_json import read_pretrain_json
 from pipeline.readers.strict_json import Where
@@ -39,6 +38,7 @@ def test_world_has_the_real_sizes_times_the_fraction(world):
     store = FeatureStore(out / "features")
     assert len(store) == round(180_000 * FRACTION) == report["store"]["images"]
     assert verify_store(out / "features") == []        # manifest and checksums as extract leaves them
+    assert store.image_ids == sorted(store.image_ids)  # cut from the sorted ids, as extract cuts a folder
     image = store.get(store.image_ids[0])
     assert image.features.shape == (36, 2048) and image.features.dtype == np.float16
     feats = np.stack([store.get(i).features for i in store.image_ids[:8]]).astype(np.float32)
@@ -103,35 +103,6 @@ def test_growth_exponent():
 
 # -- fast paths against the plain ones -----------------------------------------------------------
 
-def _mask_objects_plain(features, box_valid, rng, rate=0.15):
-    """mask_objects as it was: the other images' real boxes listed again for every swap."""
-    b, n, _ = features.shape
-    chosen = (rng.random((b, n)) < rate) & box_valid
-    kind = rng.random((b, n))
-    out = features.copy()
-    out[chosen & (kind < 0.8)] = 0
-    swap = np.argwhere(chosen & (kind >= 0.8) & (kind < 0.9))
-    if len(swap):
-        real = np.argwhere(box_valid)
-        for i, j in swap:
-            others = real[real[:, 0] != i] if b > 1 else real
-            src = others[rng.integers(len(others))]
-            out[i, j] = features[src[0], src[1]]
-    return out, chosen.astype(np.float32)
-
-
-def test_mask_objects_matches_the_plain_path_with_padding():
-    g = np.random.default_rng(0)
-    for seed in range(150):
-        b, n = int(g.integers(1, 9)), int(g.integers(1, 12))
-        feats = g.random((b, n, 3)).astype(np.float32)
-        valid = g.random((b, n)) < 0.7
-        valid[:, 0] = True
-        plain = _mask_objects_plain(feats, valid, np.random.default_rng(seed), rate=0.5)
-        fast = mask_objects(feats, valid, np.random.default_rng(seed), rate=0.5)
-        assert np.array_equal(plain[0], fast[0]) and np.array_equal(plain[1], fast[1]), seed
-
-
 def test_answer_ids_memo_and_answer_table_match_the_plain_path(world):
     out, _ = world
     entries = read_pretrain_json(out / "data" / "lxmert" / "vgnococo.json")
@@ -172,3 +143,36 @@ def test_where_key_paths():
     assert w["annotations"][12]["answers"].keys == "annotations[12].answers"
     assert w[3]["x"].keys == "[3].x" and w.keys == ""
     assert str(w["a"][0].error("bad")).endswith("a[0]: bad") and w["a"].file == Path("f.json")
+
+
+def test_benchmark_store_rows_compare_the_plain_and_the_new_bookkeeping(world):
+    out, _ = world
+    rows = bench_scale.Rows(out, "store")
+    bench_scale.measure_store(out, rows)
+    by_step = {r["step"]: r for r in rows.rows}
+    n = round(180_000 * FRACTION)
+    assert by_step["extract re-run bookkeeping (ids once, stamp vouches)"]["size"] == n
+    assert by_step["features verify"]["problems"] == 0                 # both re-runs left a good manifest
+    rows = bench_scale.Rows(out, "writer")
+    bench_scale.measure_shard_writer(out, rows, repeats=1)
+    assert len(rows.rows) == 2 and all(r["same_bytes"] and r["size"] == n for r in rows.rows)
+
+
+def test_benchmark_prepares_again_without_rewriting(world):
+    out, _ = world
+    rows = bench_scale.Rows(out, "prep")
+    bench_scale.measure_prep(out, rows)
+    bench_scale.measure_prep_again(out, rows)
+    assert rows.rows[-1]["arrays_rewritten"] == 0 and rows.rows[-1]["size"] == rows.rows[0]["size"]
+
+
+@pytest.mark.slow
+def test_benchmark_checkpoint_and_resume(world):
+    out, _ = world
+    rows = bench_scale.Rows(out, "checkpoint")
+    bench_scale.measure_checkpoint(out, rows, preset="tiny")
+    bench_scale.measure_resume(out, rows)
+    by_step = {r["step"]: r for r in rows.rows}
+    assert by_step["save checkpoint"]["disk_mb"] > 0
+    resume = by_step["pretrain --resume: start to first step logged"]
+    assert resume["size"] == by_step["build the model"]["size"] and resume["startup_s"] > 0

@@ -219,3 +219,36 @@ def test_pretrain_refuses_a_store_with_a_corrupted_shard(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and shard.name in err[0] and "sha256 checksum differs" in err[0]
     assert not (tmp_path / "run" / "final").exists()
+
+
+def _shards_of(directory: Path) -> list[dict]:
+    return json.loads((directory / "manifest.json").read_text())["shards"]
+
+
+def test_finalize_store_hashes_only_the_shards_the_stamp_cannot_vouch_for(tmp_path):
+    store, meta, images = tmp_path / "s", make_metadata(dim=32), _images()
+    make_store(store, images, per_shard=8)
+    _age(store)
+    FeatureStore(store)                                              # hashes the aged shards and stamps them
+    plain = _shards_of(store)
+    finalize_store(store, meta)                                      # nothing changed: the same manifest
+    assert _shards_of(store) == plain
+    (store / VERIFIED).unlink()
+    finalize_store(store, meta)                                      # the plain path: every shard hashed
+    assert _shards_of(store) == plain
+
+    FeatureStore(store)                                              # stamped again
+    vouched, rewritten = store / shard_name(0), store / shard_name(1)
+    st = vouched.stat()
+    _flip(vouched, _feature_offset(vouched))
+    os.utime(vouched, ns=(st.st_atime_ns, st.st_mtime_ns))          # a change the stamp cannot see: trusted
+    blob = images[9].features.astype(np.float16).tobytes()[:64]
+    _flip(rewritten, rewritten.read_bytes().index(blob))             # rewritten in place (new mtime): hashed
+    finalize_store(store, meta)
+    after = _shards_of(store)
+    assert after[0] == plain[0]                                      # carried over, not read
+    assert after[1]["sha256"] != plain[1]["sha256"]
+    from pipeline.features.shard import file_sha256
+    assert after[1]["sha256"] == file_sha256(rewritten)
+    assert after[2] == plain[2]
+    assert cli_main(["features", "verify", str(store)]) == 1         # verify hashes everything: finds shard 0

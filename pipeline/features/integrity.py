@@ -91,6 +91,31 @@ def write_stamp(directory: str | os.PathLike, shard_names: Iterable[str], manife
             continue  # a read-only store: try the cache folder; failing both, the next reader hashes again
 
 
+def vouched_entries(directory: str | os.PathLike) -> dict[str, dict]:
+    """The current manifest's shard entries ({name: entry}) whose file is, by its stat, the
+    one that hashed to the entry's sha256 (the stamp, or this process, vouches for it): what
+    a new manifest may carry over without hashing. Empty when there is no readable manifest."""
+    directory = Path(directory)
+    try:
+        raw = (directory / "manifest.json").read_bytes()
+        entries = json.loads(raw)["shards"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    stamp = _read_stamp(directory, hashlib.sha256(raw).hexdigest())
+    found = {}
+    for s in entries if isinstance(entries, list) else ():
+        try:
+            name, sha = s["name"], s["sha256"]
+            int(s["num_rows"]), int(s["num_bytes"])
+            path = directory / name
+            key = _stat_key(path)
+        except (OSError, KeyError, TypeError, ValueError):
+            continue
+        if isinstance(sha, str) and (stamp.get(name) == list(key) or (str(path.resolve()), *key, sha) in _hashed_here):
+            found[name] = s
+    return found
+
+
 def check_checksums(directory: str | os.PathLike, shards: list[dict], verify: str = "auto") -> int:
     """Hash the manifest's `shards` as `verify` says; raise PipelineError naming the first
     shard whose sha256 differs. Returns how many shards were hashed."""

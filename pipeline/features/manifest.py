@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import remove_stale_temporaries, write_json
 from pipeline.errors import PipelineError
 from pipeline.features.schema import FORMAT_VERSION, StoreMetadata
-from pipeline.features.integrity import write_stamp
+from pipeline.features.integrity import vouched_entries, write_stamp
 from pipeline.features.shard import SHARD_GLOB, ShardInfo, file_sha256, nonfinite_rows, read_shard_metadata
 
 MANIFEST = "manifest.json"
@@ -52,32 +52,60 @@ def _check_metadata(path: Path, found: StoreMetadata, expected: StoreMetadata) -
                             f"store: {', '.join(f'{k}={getattr(expected, k)!r}' for k in diff)})", path)
 
 
+class ShardReads:
+    """Each shard's footer metadata, row count and image ids, read once per file version.
+
+    Entries are keyed by the file's (size, mtime_ns, inode): a shard rewritten since it was
+    read (an atomic replace makes a new inode) is read again. `extract` shares one between its
+    skip check and `finalize_store`, so a re-run reads every complete shard's ids once."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, tuple[tuple[int, int, int], StoreMetadata, int, list[str]]] = {}
+
+    def __call__(self, path: str | os.PathLike) -> tuple[StoreMetadata, int, list[str]]:
+        """(metadata, num_rows, image ids in row order) of the shard at `path`."""
+        path = Path(path)
+        st = path.stat()   # before reading: a file replaced meanwhile is read again next time
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        found = self._read.get(str(path))
+        if found is None or found[0] != key:
+            meta, rows = read_shard_metadata(path)
+            found = (key, meta, rows, shard_image_ids(path))
+            self._read[str(path)] = found
+        return found[1], found[2], found[3]
+
+
 def finalize_store(directory: str | os.PathLike, metadata: StoreMetadata,
-                   shards: Iterable[ShardInfo] = ()) -> dict:
+                   shards: Iterable[ShardInfo] = (), reads: ShardReads | None = None) -> dict:
     """Validate every shard in `directory` and publish manifest.json (atomically).
 
-    `shards` may carry checksums the writers already computed; others are hashed here.
-    A duplicate image_id across shards is an error naming both shards. Returns the manifest
-    as written plus `image_ids`, the set of every stored id (read here anyway, so callers
-    need not read the shards again).
+    A shard's checksum comes, first match wins, from `shards` (what the writers computed),
+    from the current manifest when the verification stamp vouches that the file is the one
+    that hashed to it (integrity.py: same size, mtime and inode), or from hashing it here: an
+    `extract` re-run hashes only the shards that changed. A duplicate image_id across shards
+    is an error naming both shards. `reads` shares the shards' ids with the caller's earlier
+    reads. Returns the manifest as written plus `image_ids`, the set of every stored id (read
+    here anyway, so callers need not read the shards again).
     """
     directory = Path(directory)
     remove_stale_temporaries(directory)
+    reads = reads or ShardReads()
     known = {s.name: s for s in shards}
+    vouched = {name: ShardInfo(s["name"], s["num_rows"], s["sha256"], s["num_bytes"])
+               for name, s in vouched_entries(directory).items()}
     infos: list[ShardInfo] = []
     seen: dict[str, str] = {}
     for path in shard_paths(directory):
-        meta, rows = read_shard_metadata(path)
+        meta, rows, ids = reads(path)
         _check_metadata(path, meta, metadata)
-        for image_id in shard_image_ids(path):
+        for image_id in ids:
             if image_id in seen:
                 raise PipelineError(f"image_id {image_id!r} appears in both {seen[image_id]} and {path.name}", directory)
             seen[image_id] = path.name
         size = path.stat().st_size
-        info = known.get(path.name)
-        if info is None or info.num_bytes != size or info.num_rows != rows:
-            info = ShardInfo(path.name, rows, file_sha256(path), size)
-        infos.append(info)
+        info = next((i for i in (known.get(path.name), vouched.get(path.name))
+                     if i is not None and i.num_bytes == size and i.num_rows == rows), None)
+        infos.append(info or ShardInfo(path.name, rows, file_sha256(path), size))
     manifest = {
         "format_version": FORMAT_VERSION,
         "metadata": metadata.to_dict(),

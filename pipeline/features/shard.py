@@ -52,14 +52,20 @@ def _list_array(arrays: list[np.ndarray], dtype: np.dtype, arrow_type: pa.DataTy
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=arrow_type))
 
 
-def _binary_array(blobs: list[np.ndarray]) -> pa.Array:
-    sizes = np.fromiter((b.nbytes for b in blobs), dtype=np.int64, count=len(blobs))
+def _binary_array(arrays: list[np.ndarray], dtype: np.dtype) -> pa.Array:
+    """One binary value per array: its C-order bytes as `dtype`. Each array is written once,
+    straight into the column's single data buffer (cast on the way when its dtype differs,
+    as `astype` would): a shard of 1000 images x 36 x 2048 float16 is 147 MB, and copying it
+    per image and then again to join the copies cost twice that in time and transient memory."""
+    sizes = np.fromiter((a.size * dtype.itemsize for a in arrays), dtype=np.int64, count=len(arrays))
     if sizes.sum() >= 2**31:
         raise ValueError("a shard's features exceed 2 GiB; use a smaller --shard-size")
-    offsets = np.zeros(len(blobs) + 1, dtype=np.int32)
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
     np.cumsum(sizes, out=offsets[1:])
-    data = b"".join(np.ascontiguousarray(b).tobytes() for b in blobs)
-    return pa.Array.from_buffers(pa.binary(), len(blobs), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for a, start, stop in zip(arrays, offsets[:-1].tolist(), offsets[1:].tolist()):
+        data[start:stop].view(dtype).reshape(a.shape)[...] = a
+    return pa.Array.from_buffers(pa.binary(), len(arrays), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _check_image(img: ImageFeatures, meta: StoreMetadata) -> None:
@@ -112,7 +118,7 @@ def images_to_table(images: Sequence[ImageFeatures], meta: StoreMetadata) -> pa.
         pa.array([int(i.height) for i in images], type=pa.int32()),
         pa.array([i.num_boxes for i in images], type=pa.int32()),
         _list_array([i.boxes for i in images], np.float32, pa.float32()),
-        _binary_array([np.ascontiguousarray(i.features, dtype=fdtype) for i in images]),
+        _binary_array([np.asarray(i.features) for i in images], fdtype),
         _list_array([i.objects_id for i in images], np.int32, pa.int32()),
         _list_array([i.objects_conf for i in images], np.float32, pa.float32()),
         _list_array([i.attrs_id for i in images], np.int32, pa.int32()),

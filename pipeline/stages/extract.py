@@ -12,6 +12,10 @@
   is stored exactly once.
 - Progress: a tqdm bar over images showing images/s; when stderr is not a terminal, one log
   line per 30 s instead. Then `finalize_store` (manifest.json) and a summary.
+- A re-run reads each complete shard's footer and ids once (the skip check's reads are
+  handed to `finalize_store`) and hashes no shard it can trust: written shards come with
+  their writers' checksums, skipped ones keep the manifest's while the verification stamp
+  (pipeline/features/integrity.py) vouches that the file is the one that hashed to it.
 """
 
 from __future__ import annotations
@@ -114,14 +118,16 @@ def _extract_locked(images_dir: str, entries: list[ImageEntry], shards: list[lis
                     spec: ExtractorSpec, executor, t0: float, *, batch_size: int, feature_dtype: str,
                     decode_threads: int, retries: int, progress: bool, retry_failed: bool) -> ExtractSummary:
     from pipeline.atomic import remove_stale_temporaries
-    from pipeline.features import append_failures, finalize_store
+    from pipeline.features import ShardReads, append_failures, finalize_store
 
     remove_stale_temporaries(out)
     metadata = spec.store_metadata(feature_dtype)
+    # each complete shard's ids are read once: here for the skip check, reused by finalize_store
+    reads = ShardReads()
     # (index, images to extract, add them to the existing shard?)
     items: list[tuple[int, list[ImageEntry], bool]] = []
     for i, shard in enumerate(shards):
-        stored = _stored_shard_ids(out, i, shard, metadata)
+        stored = _stored_shard_ids(out, i, shard, metadata, reads)
         if stored is None:
             items.append((i, shard, False))
         elif retry_failed and len(stored) < len(shard):
@@ -138,6 +144,7 @@ def _extract_locked(images_dir: str, entries: list[ImageEntry], shards: list[lis
         log.warning("=" * 72)
 
     written = done_images = 0
+    infos = []   # the written shards' checksums, computed by their writers
     if items:
         _check_weights(spec)
         executor = executor or InProcess()
@@ -151,6 +158,7 @@ def _extract_locked(images_dir: str, entries: list[ImageEntry], shards: list[lis
             for _, result in executor.map_shards(
                     work, items, per_worker=detector, gpu=spec.device.startswith("cuda"), retries=retries):
                 append_failures(out, result.failures)
+                infos.append(result.info)
                 written += 1
                 done_images += result.num_images
                 bar.update(result.num_images)
@@ -164,7 +172,8 @@ def _extract_locked(images_dir: str, entries: list[ImageEntry], shards: list[lis
         finally:
             bar.close()
 
-    stored = finalize_store(out, metadata)["image_ids"]
+    # skipped shards keep the manifest's checksums while the verification stamp vouches for them
+    stored = finalize_store(out, metadata, infos, reads)["image_ids"]
     _rewrite_failures(out, entries, stored)
     ours = sum(1 for e in entries if e.image_id in stored)
     return ExtractSummary(images=len(entries), extracted=ours, failed=len(entries) - ours,
@@ -179,17 +188,17 @@ def _extract_one_shard(item: tuple[int, Sequence[ImageEntry], bool], extractor: 
     return extract_shard(index, entries, out_dir, extractor, add_to_existing=add_to_existing, **options)
 
 
-def _stored_shard_ids(out: Path, index: int, shard: Sequence[ImageEntry], metadata) -> set[str] | None:
+def _stored_shard_ids(out: Path, index: int, shard: Sequence[ImageEntry], metadata, reads) -> set[str] | None:
     """The ids in shard `index` when it exists and belongs to this run (None when it does
-    not exist); a foreign shard is an error."""
-    from pipeline.features import read_shard_metadata, shard_image_ids, shard_name
+    not exist); a foreign shard is an error. `reads` (a `ShardReads`) keeps what was read."""
+    from pipeline.features import shard_name
 
     path = out / shard_name(index)
     if not path.is_file():
         return None
     try:
-        found, _ = read_shard_metadata(path)
-        ids = set(shard_image_ids(path))
+        found, _, ids = reads(path)
+        ids = set(ids)
     except Exception as err:  # noqa: BLE001 - any unreadable shard is reported the same way
         raise PipelineError(f"existing shard is unreadable ({err}); delete it to re-extract", path) from None
     diff = found.differences(metadata)

@@ -9,6 +9,16 @@ preset; the data root has usable examples (annotations of images missing from th
 are counted, not errors); then the run's tokenizer (given or learnt), the answer table
 (RUN/answers.json) and the examples (RUN/data/) are written. On `--resume` the run's own
 recorded task is rebuilt instead, and only the store is checked against it.
+
+Preparation resumes on its own. `RUN/data/preparation.json` records the inputs (the store's
+checksums, the data root's annotation files by size and mtime, the vocabulary and answers
+files, the preset and options) before anything is written, then each step as it completes:
+the train split with the tokenizer and answer table before it, the grounding questions, the
+valid split (a split's own mark is its summary.json, written last). A run stopped during
+preparation, re-run into the same --out (with or without --resume: training has not
+started), reuses every recorded step whose files are complete and redoes the rest; a
+split caught half-written is written again. Other inputs than recorded: everything this
+preparation wrote (RUN/data, RUN/answers.json, RUN/tokenizer) is prepared again.
 """
 
 from __future__ import annotations
@@ -23,16 +33,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from model.configuration_lxmert import LxmertConfig
+from pipeline.atomic import write_json
 from pipeline.errors import PipelineError
 from pipeline.finetune.tasks import training_sentences
 from pipeline.inputs import check_store_fits, config_for_store, run_tokenizer
+from pipeline.inputs.text import TOKENIZER_DIR, find_tokenizer_dir
 from pipeline.pretraining import grounding
-from pipeline.pretraining.examples import (ExampleCounts, answer_table, build_examples, read_entries, source_names,
-                                           usable_entries)
+from pipeline.pretraining.examples import (ExampleCounts, answer_table, build_examples, is_complete, read_entries,
+                                           source_names, usable_entries)
 from pipeline.pretraining.options import PretrainOptions
 from pipeline.pretraining.recipe import recipe
 from pipeline.pretraining.job import ANSWERS, DATA_DIR, PretrainingJob
 from pipeline.readers.answers import AnswerVocab
+from pipeline.readers.data_root import IMAGE_EXTENSIONS
 from pipeline.stages.executor import InProcess
 from pipeline.stages.training import loop_settings, open_run, train_run
 from pipeline.training import RunDir
@@ -40,6 +53,7 @@ from pipeline.training import RunDir
 log = logging.getLogger(__name__)
 
 STORE_RECORD = "features_sha256"    # config.yaml: store_fingerprint of the run's feature store
+PREPARATION = "preparation.json"     # RUN/data/: the preparation's inputs and completed steps
 
 
 def _open_store(features: str | os.PathLike):
@@ -62,6 +76,59 @@ def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, ou
     # the visual sizes do not depend on the vocabulary: check them before any slow step
     check_store_fits(_model_config(meta, preset, options, vocab_size=8), meta, features)
 
+    names = grounding.detector_label_names(meta, data) if options.uses_grounding else None
+    record = Preparation.open(run, _preparation_inputs(features, data, preset, options, vocab, answers, run))
+    summary, tokenizer, answer_vocab, options = _prepare_train(run, record, store, data, options, names, vocab,
+                                                               answers)
+    if names is not None and not record.done("grounding"):
+        grounding.write_questions(run.path / DATA_DIR / "train", names, tokenizer,
+                                  {a: answer_vocab.label(a) for a in grounding.ANSWERS})
+        record.complete("grounding", True)
+    valid_dir = run.path / DATA_DIR / "valid"
+    if record.done("valid") and (record.steps["valid"] is None or is_complete(valid_dir)):
+        if record.steps["valid"] is not None:
+            summary["valid"] = record.steps["valid"]
+    else:
+        valid = read_entries(data, "valid")
+        shutil.rmtree(valid_dir, ignore_errors=True)
+        if valid:
+            usable_valid, valid_counts = usable_entries(valid, store.__contains__, summary["sources"],
+                                                        options.val_max_images)
+            if usable_valid:
+                summary["valid"] = _write_split(run, "valid", usable_valid, summary["sources"], tokenizer,
+                                                answer_vocab, valid_counts)
+        record.complete("valid", summary.get("valid"))
+    if "valid" not in summary:
+        log.warning("%s: no validation split with features (COCO val2014 captions or lxmert/mscoco_minival.json)",
+                    data)
+
+    qa = dict(num_qa_labels=len(answer_vocab), answers=answer_vocab.answers) if answer_vocab else {}
+    config = _model_config(meta, preset, options, vocab_size=tokenizer.vocab_size, **qa)
+    check_store_fits(config, meta, features)
+    specials = {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
+    task = PretrainingJob(run_path=str(run.path), features=features, data=data, preset=preset,
+                        model_config=config.to_dict(), special_ids=specials, options=options)
+    return task, summary
+
+
+def _prepare_train(run: RunDir, record: "Preparation", store, data: str, options: PretrainOptions, names,
+                   vocab, answers) -> tuple[dict[str, Any], Any, AnswerVocab | None, PretrainOptions]:
+    """The train split with what it needs (tokenizer, answer table): (summary, tokenizer,
+    answer table, options with the tasks the data allows), reused when an earlier attempt
+    completed it."""
+    step = record.steps.get("train")
+    if (step is not None and is_complete(run.path / DATA_DIR / "train")
+            and find_tokenizer_dir(run.path / TOKENIZER_DIR) is not None
+            and (not step["answers"] or (run.path / ANSWERS).is_file())):
+        log.info("pretraining train split: reusing the examples prepared in %s", run.path / DATA_DIR / "train")
+        answer_vocab = AnswerVocab.load(run.path / ANSWERS) if step["answers"] else None
+        if list(options.tasks) != step["tasks"]:   # QA dropped for want of answers
+            options = options.replace(tasks=step["tasks"])
+        return {"sources": step["sources"], "train": step["counts"]}, run_tokenizer(run.path), answer_vocab, options
+
+    if record.steps:   # every later step depends on the train split's tokenizer and answers
+        record.restart()
+    shutil.rmtree(run.path / DATA_DIR / "train", ignore_errors=True)
     entries = read_entries(data, "train")
     if not entries:
         raise PipelineError("no pretraining annotations (COCO captions, VQA, VG, GQA or LXMERT's "
@@ -73,8 +140,7 @@ def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, ou
     usable, counts = usable_entries(entries, store.__contains__, sources)
     if not usable:
         raise PipelineError(f"no usable pretraining examples: none of the {counts.missing_images} images of the "
-                            f"annotations is in the feature store {features}", data)
-    names = grounding.detector_label_names(meta, data) if options.uses_grounding else None
+                            f"annotations is in the feature store {store.directory}", data)
 
     # a learnt vocabulary must cover the warm-up's questions and the fine-tuning tasks' sentences
     # (learnt on captions and QA alone, NLVR2's "image", "contains", "exactly" fell apart into
@@ -97,27 +163,100 @@ def prepare_pretraining(features: str | os.PathLike, data: str | os.PathLike, ou
         answer_vocab.save(run.path / ANSWERS)
 
     summary = {"sources": sources, "train": _write_split(run, "train", usable, sources, tokenizer, answer_vocab, counts)}
-    if names is not None:
-        grounding.write_questions(run.path / DATA_DIR / "train", names, tokenizer,
-                                  {a: answer_vocab.label(a) for a in grounding.ANSWERS})
-    valid = read_entries(data, "valid")
-    shutil.rmtree(run.path / DATA_DIR / "valid", ignore_errors=True)
-    if valid:
-        usable_valid, valid_counts = usable_entries(valid, store.__contains__, sources, options.val_max_images)
-        if usable_valid:
-            summary["valid"] = _write_split(run, "valid", usable_valid, sources, tokenizer, answer_vocab,
-                                            valid_counts)
-    if "valid" not in summary:
-        log.warning("%s: no validation split with features (COCO val2014 captions or lxmert/mscoco_minival.json)",
-                    data)
+    record.complete("train", {"sources": sources, "counts": summary["train"], "tasks": list(options.tasks),
+                              "answers": answer_vocab is not None})
+    return summary, tokenizer, answer_vocab, options
 
-    qa = dict(num_qa_labels=len(answer_vocab), answers=answer_vocab.answers) if answer_vocab else {}
-    config = _model_config(meta, preset, options, vocab_size=tokenizer.vocab_size, **qa)
-    check_store_fits(config, meta, features)
-    specials = {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "mask": tokenizer.mask_id}
-    task = PretrainingJob(run_path=str(run.path), features=features, data=data, preset=preset,
-                        model_config=config.to_dict(), special_ids=specials, options=options)
-    return task, summary
+
+class Preparation:
+    """RUN/data/preparation.json: the inputs a run's data is prepared from and the steps
+    completed, each recorded after its files are complete (module docstring)."""
+
+    def __init__(self, path: Path, inputs: dict[str, Any], steps: dict[str, Any]):
+        self.path, self.inputs, self.steps = path, inputs, steps
+
+    @classmethod
+    def open(cls, run: RunDir, inputs: dict[str, Any]) -> "Preparation":
+        """The record of `run` for `inputs`: an earlier attempt's steps when it had the same
+        inputs; otherwise a new record, after removing what an attempt with other inputs wrote."""
+        path = run.path / DATA_DIR / PREPARATION
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+            recorded, steps = found["inputs"], dict(found["steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            found = recorded = None
+        if found is not None and recorded == inputs:
+            if steps:
+                log.info("preparation of %s stopped before: reusing its completed steps (%s)", run.path,
+                         ", ".join(steps))
+            return cls(path, inputs, steps)
+        if recorded is not None:
+            changed = sorted(k for k in set(recorded) | set(inputs) if recorded.get(k) != inputs.get(k))
+            log.warning("%s holds data prepared from other inputs (%s differ) by an attempt that stopped before "
+                        "training: preparing again", run.path, ", ".join(changed))
+            shutil.rmtree(run.path / DATA_DIR, ignore_errors=True)
+            shutil.rmtree(run.path / TOKENIZER_DIR, ignore_errors=True)
+            (run.path / ANSWERS).unlink(missing_ok=True)
+        record = cls(path, inputs, {})
+        record._write()
+        return record
+
+    def restart(self) -> None:
+        self.steps = {}
+        self._write()
+
+    def done(self, step: str) -> bool:
+        return step in self.steps
+
+    def complete(self, step: str, value: Any) -> None:
+        self.steps[step] = value
+        self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, {"inputs": self.inputs, "steps": self.steps})
+
+
+def _preparation_inputs(features: str, data: str, preset: str, options: PretrainOptions, vocab, answers,
+                        run: RunDir) -> dict[str, Any]:
+    """What the prepared data depends on, as plain json (compared as loaded back)."""
+    inputs = {"features": features, "store": store_fingerprint(features), "data": data,
+              "data_files": _files_digest(Path(data), skip=(run.path, Path(features))), "preset": preset,
+              "options": options.to_dict(), "vocab": str(vocab) if vocab is not None else None,
+              "vocab_files": _files_digest(Path(vocab)) if vocab is not None and Path(vocab).exists() else None,
+              "answers": str(answers) if answers is not None else None,
+              "answers_file": _files_digest(Path(answers)) if answers is not None and Path(answers).exists() else None}
+    return json.loads(json.dumps(inputs))
+
+
+def _files_digest(path: Path, skip: Sequence[Path] = ()) -> str:
+    """sha256 over (relative path, size, mtime_ns) of a file, or of every file under a folder
+    except images (`images/` and image files: preparation reads annotations only) and the
+    folders `skip` (the run itself, the store: both change as they are used). Linked folders
+    are followed (data roots often link their datasets in), each real folder once."""
+    if path.is_file():
+        st = path.stat()
+        return hashlib.sha256(json.dumps([st.st_size, st.st_mtime_ns]).encode()).hexdigest()
+    seen = {p.resolve() for p in skip}
+    found = []
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        here = Path(folder)
+        keep = []
+        for d in sorted(dirs):
+            real = (here / d).resolve()
+            if not (here == path and d == "images") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                continue
+            try:
+                st = (here / name).stat()
+            except OSError:
+                continue
+            found.append([str((here / name).relative_to(path)), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(found).encode()).hexdigest()
 
 
 def _model_config(meta, preset: str, options: PretrainOptions, *, vocab_size: int, **sizes: Any) -> LxmertConfig:
