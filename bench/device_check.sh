@@ -7,7 +7,8 @@
 # Steps, each with its own time limit (and all within DEVICE_CHECK_BUDGET_S, default 465 s),
 # so that one failure or hang costs only its own result:
 #   machine      python, torch, the GPUs nvidia-smi and torch see
-#   install      pip install -e .[test] (offline when every requirement is already there)
+#   install      pip install -e .[test] (offline when every requirement is already there; on a
+#                machine without a registry, from the wheels in .whl/: bench/device_wheels.sh)
 #   cuda-torch   only when nvidia-smi sees a GPU and torch does not: the CUDA build of torch
 #                and torchvision for the driver's CUDA version, as one matching pair, from
 #                the PyTorch wheel index (never torch 2.13.0)
@@ -72,6 +73,12 @@ step() {
 }
 
 install_project() {
+    # a machine without a package registry: the wheels bench/device_wheels.sh put in .whl/
+    # (what such a machine's image lacks), the test tools taken from the image
+    if [[ -d .whl ]]; then
+        "$PYTHON" -m pip install --no-index --find-links .whl --no-build-isolation -e . && return 0
+        echo "--- .whl/ did not complete the requirements; trying the registry" >&2
+    fi
     # without build isolation pip needs no network when every requirement is installed already
     "$PYTHON" -m pip install --no-build-isolation -e ".[test]" && return 0
     echo "--- retrying with build isolation" >&2
