@@ -82,20 +82,23 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def blocky_photo(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Blocks of colour with noise (HxWx3 uint8): edges at many scales for the RPN."""
+    img = np.zeros((height, width, 3), dtype=np.uint8)
+    img[:] = rng.integers(0, 255, 3)
+    for _ in range(12):
+        h, w = rng.integers(20, height // 2), rng.integers(20, width // 2)
+        y, x = rng.integers(0, height - h), rng.integers(0, width - w)
+        img[y:y + h, x:x + w] = rng.integers(0, 255, 3)
+    return np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+
+
 def write_photos(folder: Path, n: int, sizes: list[tuple[int, int]]) -> None:
-    """Blocky colour JPEGs (quality 90) with edges at many scales, so the RPN sees structure;
-    image i is sizes[i % len(sizes)] (height x width)."""
+    """`blocky_photo` JPEGs (quality 90); image i is sizes[i % len(sizes)] (height x width)."""
     rng = np.random.default_rng(0)
     for i in range(n):
         height, width = sizes[i % len(sizes)]
-        img = np.zeros((height, width, 3), dtype=np.uint8)
-        img[:] = rng.integers(0, 255, 3)
-        for _ in range(12):
-            h, w = rng.integers(20, height // 2), rng.integers(20, width // 2)
-            y, x = rng.integers(0, height - h), rng.integers(0, width - w)
-            img[y:y + h, x:x + w] = rng.integers(0, 255, 3)
-        noise = rng.integers(-20, 20, img.shape)
-        Image.fromarray(np.clip(img + noise, 0, 255).astype(np.uint8)).save(folder / f"b{i:03d}.jpg", quality=90)
+        Image.fromarray(blocky_photo(height, width, rng)).save(folder / f"b{i:03d}.jpg", quality=90)
 
 
 def init_rpn_head_as_reference_(model: GeneralizedRCNN, seed: int = 0) -> None:

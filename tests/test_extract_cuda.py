@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,20 +34,15 @@ from PIL import Image
 from pipeline.extract import Extractor, extract_images, pack_regions, resolve_spec
 from pipeline.images import decode_image_data, decode_jpegs_on_device, discover_images, jpeg_for_device
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_extract import blocky_photo  # noqa: E402  (the benchmark's photos, one recipe)
+
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _photo(h: int, w: int, seed: int) -> np.ndarray:
-    """Blocks of colour with noise: edges at many scales for the RPN, real JPEG content."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((h, w, 3), dtype=np.uint8)
-    img[:] = rng.integers(0, 255, 3)
-    for _ in range(12):
-        bh, bw = rng.integers(20, h // 2), rng.integers(20, w // 2)
-        y, x = rng.integers(0, h - bh), rng.integers(0, w - bw)
-        img[y:y + bh, x:x + bw] = rng.integers(0, 255, 3)
-    return np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+    return blocky_photo(h, w, np.random.default_rng(seed))
 
 
 def _write(folder, kind: str, sizes) -> None:
